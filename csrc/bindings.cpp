@@ -1,0 +1,134 @@
+// All pybind11 code. Python validates and allocates; these functions only dispatch, with the
+// GIL released while a kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "rnn/rnn.h"
+
+#ifdef GROKFAST_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#ifdef GROKFAST_WITH_CUDA
+#define GF_CUDA_OR_NULL(fn) (fn)
+#else
+#define GF_CUDA_OR_NULL(fn) nullptr
+#endif
+
+namespace py = pybind11;
+using namespace gf;
+
+namespace {
+
+int cuda_device_count() {
+#ifdef GROKFAST_WITH_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+#else
+  return 0;
+#endif
+}
+
+[[noreturn]] void unknown_backend(const std::string& backend) {
+  throw std::invalid_argument("unknown backend '" + backend +
+                              "' (expected 'cpu', 'cuda' or 'cuda-emulated')");
+}
+
+template <class P>
+void dispatch(const P& p, const std::string& backend, void (*cpu)(const P&),
+              void (*emulated)(const P&), [[maybe_unused]] void (*cuda)(const P&)) {
+  py::gil_scoped_release release;
+  if (backend == "cpu") return cpu(p);
+  if (backend == "cuda-emulated") return emulated(p);
+  if (backend == "cuda") {
+#ifdef GROKFAST_WITH_CUDA
+    return cuda(p);
+#else
+    throw std::invalid_argument("grokfast was built without CUDA; rebuild with a CUDA toolkit on the PATH");
+#endif
+  }
+  unknown_backend(backend);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "grokfast compiled kernels (internal; use grokfast.ops)";
+
+  py::enum_<rnn::Activation>(m, "Activation")
+      .value("Tanh", rnn::Activation::Tanh)
+      .value("Relu", rnn::Activation::Relu);
+  py::enum_<rnn::OutputMode>(m, "OutputMode")
+      .value("None_", rnn::OutputMode::None)
+      .value("Last", rnn::OutputMode::Last)
+      .value("All", rnn::OutputMode::All);
+  py::enum_<DType>(m, "DType").value("Float32", DType::Float32).value("Float64", DType::Float64);
+
+  py::class_<rnn::ForwardParams>(m, "RnnForwardParams")
+      .def(py::init<>())
+      .def_readwrite("M", &rnn::ForwardParams::M)
+      .def_readwrite("B", &rnn::ForwardParams::B)
+      .def_readwrite("T", &rnn::ForwardParams::T)
+      .def_readwrite("I", &rnn::ForwardParams::I)
+      .def_readwrite("H", &rnn::ForwardParams::H)
+      .def_readwrite("O", &rnn::ForwardParams::O)
+      .def_readwrite("tokens", &rnn::ForwardParams::tokens)
+      .def_readwrite("activation", &rnn::ForwardParams::activation)
+      .def_readwrite("dtype", &rnn::ForwardParams::dtype)
+      .def_readwrite("x", &rnn::ForwardParams::x)
+      .def_readwrite("x_stride_m", &rnn::ForwardParams::x_stride_m)
+      .def_readwrite("x_stride_b", &rnn::ForwardParams::x_stride_b)
+      .def_readwrite("x_stride_t", &rnn::ForwardParams::x_stride_t)
+      .def_readwrite("x_stride_i", &rnn::ForwardParams::x_stride_i)
+      .def_readwrite("w_ih_t", &rnn::ForwardParams::w_ih_t)
+      .def_readwrite("w_hh", &rnn::ForwardParams::w_hh)
+      .def_readwrite("bias", &rnn::ForwardParams::bias)
+      .def_readwrite("h0", &rnn::ForwardParams::h0)
+      .def_readwrite("w_out", &rnn::ForwardParams::w_out)
+      .def_readwrite("b_out", &rnn::ForwardParams::b_out)
+      .def_readwrite("y_mode", &rnn::ForwardParams::y_mode)
+      .def_readwrite("y", &rnn::ForwardParams::y)
+      .def_readwrite("h_all", &rnn::ForwardParams::h_all)
+      .def_readwrite("h_last", &rnn::ForwardParams::h_last)
+      .def_readwrite("stream", &rnn::ForwardParams::stream)
+      .def_readwrite("num_threads", &rnn::ForwardParams::num_threads);
+
+  py::class_<rnn::BackwardParams>(m, "RnnBackwardParams")
+      .def(py::init<>())
+      .def_readwrite("M", &rnn::BackwardParams::M)
+      .def_readwrite("B", &rnn::BackwardParams::B)
+      .def_readwrite("T", &rnn::BackwardParams::T)
+      .def_readwrite("H", &rnn::BackwardParams::H)
+      .def_readwrite("activation", &rnn::BackwardParams::activation)
+      .def_readwrite("dtype", &rnn::BackwardParams::dtype)
+      .def_readwrite("states", &rnn::BackwardParams::states)
+      .def_readwrite("w_hh", &rnn::BackwardParams::w_hh)
+      .def_readwrite("g_all", &rnn::BackwardParams::g_all)
+      .def_readwrite("g_last", &rnn::BackwardParams::g_last)
+      .def_readwrite("dz", &rnn::BackwardParams::dz)
+      .def_readwrite("dh0", &rnn::BackwardParams::dh0)
+      .def_readwrite("stream", &rnn::BackwardParams::stream)
+      .def_readwrite("num_threads", &rnn::BackwardParams::num_threads);
+
+  m.def("rnn_forward", [](const rnn::ForwardParams& p, const std::string& backend) {
+    dispatch<rnn::ForwardParams>(p, backend, &rnn::forward_cpu, &rnn::forward_emulated,
+                                 GF_CUDA_OR_NULL(&rnn::forward_cuda));
+  });
+  m.def("rnn_backward", [](const rnn::BackwardParams& p, const std::string& backend) {
+    dispatch<rnn::BackwardParams>(p, backend, &rnn::backward_cpu, &rnn::backward_emulated,
+                                  GF_CUDA_OR_NULL(&rnn::backward_cuda));
+  });
+  m.def("rnn_max_hidden_gpu", &rnn::max_hidden_gpu_kernel);
+  m.def("cuda_device_count", &cuda_device_count);
+#ifdef GROKFAST_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
+}

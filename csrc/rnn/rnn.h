@@ -1,0 +1,65 @@
+// Fused Elman recurrence h_t = act(W_hh h_{t-1} + W_ih x_t + b), torch-free API.
+// Every tensor has a leading model dimension M (independent RNNs) and is contiguous unless a
+// stride is given. Sizes and strides are in elements.
+#pragma once
+#include <cstdint>
+#include "common.h"
+
+namespace gf::rnn {
+
+enum class Activation : int { Tanh = 0, Relu = 1 };
+enum class OutputMode : int { None = 0, Last = 1, All = 2 };
+
+struct ForwardParams {
+  int64_t M = 1, B = 0, T = 0, I = 0, H = 0, O = 0;
+  bool tokens = false;  // x holds int64 ids in [0, I): W_ih is read as an embedding table
+  Activation activation = Activation::Tanh;
+  DType dtype = DType::Float32;
+  // x: [M, B, T] ids or [M, B, T, I] values, strided.
+  ptr_t x = 0;
+  int64_t x_stride_m = 0, x_stride_b = 0, x_stride_t = 0, x_stride_i = 0;
+  ptr_t w_ih_t = 0;  // [M, I, H]: W_ih transposed, so a token's row is contiguous
+  ptr_t w_hh = 0;    // [M, H, H]
+  ptr_t bias = 0;    // [M, H] or 0
+  ptr_t h0 = 0;      // [M, B, H] or 0 (zeros)
+  ptr_t w_out = 0;   // [M, O, H] or 0 when O == 0
+  ptr_t b_out = 0;   // [M, O] or 0
+  OutputMode y_mode = OutputMode::None;
+  ptr_t y = 0;       // [M, B, T, O] (All) or [M, B, O] (Last)
+  ptr_t h_all = 0;   // [M, B, T, H] or 0
+  ptr_t h_last = 0;  // [M, B, H] or 0
+  ptr_t stream = 0;  // cudaStream_t for the CUDA backend
+  int num_threads = 0;  // CPU: 0 = all hardware threads
+};
+
+// Backward of the recurrence only (the sequential part of BPTT):
+//   dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t),   dh0 = W_hh^T dz_0.
+// Weight gradients are then plain GEMMs over dz, done by the caller.
+struct BackwardParams {
+  int64_t M = 1, B = 0, T = 0, H = 0;
+  Activation activation = Activation::Tanh;
+  DType dtype = DType::Float32;
+  ptr_t states = 0;  // [M, B, T, H]: h_1..h_T from the forward
+  ptr_t w_hh = 0;    // [M, H, H]
+  ptr_t g_all = 0;   // [M, B, T, H] or 0: dL/dh_t arriving from outside the recurrence
+  ptr_t g_last = 0;  // [M, B, H] or 0: added to g at t = T-1
+  ptr_t dz = 0;      // [M, B, T, H] out
+  ptr_t dh0 = 0;     // [M, B, H] out
+  ptr_t stream = 0;
+  int num_threads = 0;
+};
+
+void forward_cpu(const ForwardParams& p);
+void backward_cpu(const BackwardParams& p);
+
+// Same kernel source as CUDA, run on host threads (see csrc/emu). float32 only.
+void forward_emulated(const ForwardParams& p);
+void backward_emulated(const BackwardParams& p);
+int64_t max_hidden_gpu_kernel();
+
+#ifdef GROKFAST_WITH_CUDA
+void forward_cuda(const ForwardParams& p);
+void backward_cuda(const BackwardParams& p);
+#endif
+
+}  // namespace gf::rnn

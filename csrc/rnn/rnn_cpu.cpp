@@ -1,0 +1,389 @@
+// CPU backend: a batch tile's hidden states stay in L1 for the whole sequence; each step is a
+// register-blocked [rows x K] x [K x H] product with the bias/input term as the accumulator's
+// start and the activation fused into the epilogue. Tiles are spread over threads.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "rnn/rnn.h"
+#include "rnn/rnn_common.h"
+
+namespace gf::rnn {
+namespace {
+
+template <class T>
+struct Simd {
+  static constexpr int N = 64 / int(sizeof(T));
+  typedef T V __attribute__((vector_size(64)));
+};
+template <class T>
+using vec = typename Simd<T>::V;
+
+template <class T>
+inline vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void store(T* p, vec<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <class T>
+inline vec<T> splat(T s) {
+  return vec<T>{} + s;
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// 64-byte aligned, zero-initialised scratch; padding lanes must stay zero.
+template <class T>
+struct Buffer {
+  T* data = nullptr;
+  explicit Buffer(int64_t n) {
+    size_t bytes = size_t(round_up(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64));
+    data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!data) throw std::bad_alloc();
+    std::memset(data, 0, bytes);
+  }
+  ~Buffer() { std::free(data); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T& operator[](int64_t i) { return data[i]; }
+};
+
+// Cephes-style float tanh, vectorised: odd polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere.
+// Max error a few ulp; the scalar libm call would dominate the step for small H.
+inline vec<float> exp_pos(vec<float> x) {  // x in [0, 88]
+  typedef int VI __attribute__((vector_size(64)));
+  const vec<float> t = x * 1.44269504088896341f + 0.5f;
+  const VI n = __builtin_convertvector(t, VI);  // truncation == round for x >= 0
+  const vec<float> nf = __builtin_convertvector(n, vec<float>);
+  const vec<float> r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  vec<float> p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  VI bits = (n + 127) << 23;
+  vec<float> scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline vec<float> tanh_vec(vec<float> x) {
+  const vec<float> ax = x < 0.0f ? -x : x;
+  const vec<float> z = x * x;
+  vec<float> small = splat(-5.70498872745e-3f);
+  small = small * z + 2.06390887954e-2f;
+  small = small * z - 5.37397155531e-2f;
+  small = small * z + 1.33314422036e-1f;
+  small = small * z - 3.33332819422e-1f;
+  small = small * z * x + x;
+  const vec<float> e = exp_pos(ax < 9.0f ? ax * 2.0f : splat(18.0f));
+  vec<float> large = 1.0f - 2.0f / (e + 1.0f);
+  large = x < 0.0f ? -large : large;
+  return ax < 0.625f ? small : large;
+}
+
+template <class T>
+void activate_row(Activation a, T* z, int64_t hp) {
+  constexpr int N = Simd<T>::N;
+  if (a == Activation::Relu) {
+    for (int64_t j = 0; j < hp; j += N) {
+      vec<T> v = load(z + j);
+      store(z + j, v > T(0) ? v : splat(T(0)));
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
+    for (int64_t j = 0; j < hp; j += N) store(z + j, tanh_vec(load(z + j)));
+  } else {
+    for (int64_t j = 0; j < hp; ++j) z[j] = std::tanh(z[j]);
+  }
+}
+
+// out[r][:] = init[r][:] + sum_k src[r][k] * w[k][:], for MR rows and NV vectors of columns.
+template <class T, int MR, int NV>
+inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t w_ld,
+                       const T* init, T* out, int64_t ld) {
+  constexpr int N = Simd<T>::N;
+  vec<T> acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(init + r * ld + v * N);
+  for (int64_t k = 0; k < K; ++k) {
+    vec<T> wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = load(w + k * w_ld + v * N);
+    for (int r = 0; r < MR; ++r) {
+      const vec<T> s = splat(src[r * src_ld + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(out + r * ld + v * N, acc[r][v]);
+}
+
+template <class T, int MR>
+void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, const T* init,
+               T* out) {
+  constexpr int N = Simd<T>::N;
+  constexpr int NB = MR <= 2 ? 8 : 4;  // accumulators + weight vectors fit the 32 registers
+  const int64_t nvec = hp / N;
+  for (int64_t c = 0; c < nvec; c += NB) {
+    const int64_t col = c * N;
+    switch (std::min<int64_t>(NB, nvec - c)) {
+#define GF_CASE(nv)                                                                       \
+  case nv:                                                                                \
+    if constexpr (nv <= NB)                                                               \
+      gemm_block<T, MR, nv>(K, src, src_ld, w + col, hp, init + col, out + col, hp);      \
+    break;
+      GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
+#undef GF_CASE
+    }
+  }
+}
+
+// rows x K times K x hp, in blocks of up to 4 rows.
+template <class T>
+void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
+               const T* init, T* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    gemm_rows<T, 4>(K, src + r * src_ld, src_ld, w, hp, init + r * hp, out + r * hp);
+  const T* s = src + r * src_ld;
+  switch (rows - r) {
+    case 3: gemm_rows<T, 3>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
+    case 2: gemm_rows<T, 2>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
+    case 1: gemm_rows<T, 1>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
+  }
+}
+
+template <class T>
+T dot_padded(const T* a, const T* b, int64_t hp) {
+  constexpr int N = Simd<T>::N;
+  vec<T> acc{};
+  for (int64_t j = 0; j < hp; j += N) acc += load(a + j) * load(b + j);
+  T s = 0;
+  for (int i = 0; i < N; ++i) s += acc[i];
+  return s;
+}
+
+// Runs fn(item) for item in [0, n) on up to `threads` threads, statically interleaved.
+template <class F>
+void parallel_for(int64_t n, int threads, F&& fn) {
+  threads = int(std::min<int64_t>(threads, n));
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::vector<std::thread> pool;
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      try {
+        for (int64_t i = t; i < n; i += threads) fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        error = std::current_exception();
+      }
+    });
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+int thread_count(int requested, double flops) {
+  if (flops < 2e6) return 1;  // thread start-up would cost more than it saves
+  int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  return requested > 0 ? std::min(requested, hw) : hw;
+}
+
+// Batch rows per tile: enough tiles to feed every thread, at most 16 rows (L1-resident).
+int64_t tile_rows(int64_t M, int64_t B, int threads) {
+  int64_t tiles_per_model = std::max<int64_t>(1, (threads + M - 1) / M);
+  return std::clamp<int64_t>((B + tiles_per_model - 1) / tiles_per_model, 1, 16);
+}
+
+template <class T>
+void forward_impl(const ForwardParams& p) {
+  constexpr int N = Simd<T>::N;
+  const int64_t M = p.M, B = p.B, T_ = p.T, I = p.I, H = p.H, O = p.O;
+  if (M == 0 || B == 0 || T_ == 0) {
+    // Nothing to run; the last hidden state is h0 when T == 0.
+    if (p.h_last && T_ == 0)
+      for (int64_t i = 0; i < M * B * H; ++i)
+        reinterpret_cast<T*>(p.h_last)[i] = p.h0 ? reinterpret_cast<const T*>(p.h0)[i] : T(0);
+    return;
+  }
+  const int64_t hp = round_up(H, N);
+  const int64_t K = H + (p.tokens ? 0 : I);  // dense input rides along as extra source columns
+  const T* w_ih_t = reinterpret_cast<const T*>(p.w_ih_t);
+  const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
+  const T* bias = reinterpret_cast<const T*>(p.bias);
+  const T* h0 = reinterpret_cast<const T*>(p.h0);
+  const T* w_out = reinterpret_cast<const T*>(p.w_out);
+  const T* b_out = reinterpret_cast<const T*>(p.b_out);
+  T* y = reinterpret_cast<T*>(p.y);
+  T* h_all = reinterpret_cast<T*>(p.h_all);
+  T* h_last = reinterpret_cast<T*>(p.h_last);
+  const int64_t* ids = reinterpret_cast<const int64_t*>(p.x);
+  const T* xs = reinterpret_cast<const T*>(p.x);
+  const bool readout = O > 0 && p.y_mode != OutputMode::None;
+
+  // Per model: [W_hh^T; W_ih^T] padded to hp columns, bias, embedding rows, readout rows.
+  const int64_t in_rows = p.tokens ? I : 0;
+  std::vector<std::unique_ptr<Buffer<T>>> wcat(M), emb(M), bias_p(M), wout_p(M);
+  for (int64_t m = 0; m < M; ++m) {
+    wcat[m] = std::make_unique<Buffer<T>>(K * hp);
+    Buffer<T>& w = *wcat[m];
+    for (int64_t j = 0; j < H; ++j)
+      for (int64_t k = 0; k < H; ++k) w[k * hp + j] = w_hh[(m * H + j) * H + k];
+    for (int64_t i = 0; i < K - H; ++i)
+      for (int64_t j = 0; j < H; ++j) w[(H + i) * hp + j] = w_ih_t[(m * I + i) * H + j];
+    emb[m] = std::make_unique<Buffer<T>>(in_rows * hp);
+    for (int64_t i = 0; i < in_rows; ++i)
+      for (int64_t j = 0; j < H; ++j) (*emb[m])[i * hp + j] = w_ih_t[(m * I + i) * H + j];
+    bias_p[m] = std::make_unique<Buffer<T>>(hp);
+    if (bias)
+      for (int64_t j = 0; j < H; ++j) (*bias_p[m])[j] = bias[m * H + j];
+    wout_p[m] = std::make_unique<Buffer<T>>(O * hp);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
+  }
+
+  const int threads = thread_count(p.num_threads, double(M) * B * T_ * K * H * 2);
+  const int64_t bt = tile_rows(M, B, threads);
+  const int64_t tiles = (B + bt - 1) / bt;
+  parallel_for(M * tiles, threads, [&](int64_t item) {
+    const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
+    Buffer<T> src_a(bt * K), src_b(bt * K), init(bt * hp), z(bt * hp);
+    T* src = src_a.data;
+    T* nxt = src_b.data;
+    for (int64_t r = 0; r < rows; ++r)
+      if (h0) std::memcpy(src + r * K, h0 + (m * B + b0 + r) * H, H * sizeof(T));
+    const T* wm = wcat[m]->data;
+    const T* bm = bias_p[m]->data;
+    for (int64_t t = 0; t < T_; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        T* in = init.data + r * hp;
+        if (p.tokens) {
+          const int64_t id = ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t];
+          const T* e = emb[m]->data + id * hp;
+          for (int64_t j = 0; j < hp; j += N) store(in + j, load(bm + j) + load(e + j));
+        } else {
+          std::memcpy(in, bm, hp * sizeof(T));
+          const T* xr = xs + m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t;
+          for (int64_t i = 0; i < I; ++i) src[r * K + H + i] = xr[i * p.x_stride_i];
+        }
+      }
+      gemm_tile<T>(rows, K, src, K, wm, hp, init.data, z.data);
+      const bool emit_y = readout && (p.y_mode == OutputMode::All || t == T_ - 1);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        T* h = z.data + r * hp;
+        activate_row(p.activation, h, hp);
+        std::memcpy(nxt + r * K, h, H * sizeof(T));
+        if (h_all) std::memcpy(h_all + ((m * B + b) * T_ + t) * H, h, H * sizeof(T));
+        if (emit_y) {
+          T* yr = y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
+          for (int64_t o = 0; o < O; ++o)
+            yr[o] = dot_padded(h, wout_p[m]->data + o * hp, hp) + (b_out ? b_out[m * O + o] : T(0));
+        }
+      }
+      std::swap(src, nxt);
+    }
+    if (h_last)
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(h_last + (m * B + b0 + r) * H, src + r * K, H * sizeof(T));
+  });
+}
+
+template <class T>
+void backward_impl(const BackwardParams& p) {
+  const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H;
+  T* dh0 = reinterpret_cast<T*>(p.dh0);
+  if (M == 0 || B == 0) return;
+  if (T_ == 0) {
+    for (int64_t i = 0; i < M * B * H; ++i)
+      dh0[i] = p.g_last ? reinterpret_cast<const T*>(p.g_last)[i] : T(0);
+    return;
+  }
+  constexpr int N = Simd<T>::N;
+  const int64_t hp = round_up(H, N);
+  const T* states = reinterpret_cast<const T*>(p.states);
+  const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
+  const T* g_all = reinterpret_cast<const T*>(p.g_all);
+  const T* g_last = reinterpret_cast<const T*>(p.g_last);
+  T* dz = reinterpret_cast<T*>(p.dz);
+
+  // dz_{t+1} (as a row) times W_hh: W_hh itself is the [K = H] x [hp] operand.
+  std::vector<std::unique_ptr<Buffer<T>>> wpad(M);
+  for (int64_t m = 0; m < M; ++m) {
+    wpad[m] = std::make_unique<Buffer<T>>(H * hp);
+    for (int64_t j = 0; j < H; ++j)
+      std::memcpy(wpad[m]->data + j * hp, w_hh + (m * H + j) * H, H * sizeof(T));
+  }
+  const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * 2);
+  const int64_t bt = tile_rows(M, B, threads);
+  const int64_t tiles = (B + bt - 1) / bt;
+  parallel_for(M * tiles, threads, [&](int64_t item) {
+    const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
+    Buffer<T> src_a(bt * H), src_b(bt * H), init(bt * hp), z(bt * hp);
+    T* src = src_a.data;  // dz_{t+1}; zero past the end
+    T* nxt = src_b.data;
+    const T* wm = wpad[m]->data;
+    for (int64_t t = T_ - 1; t >= -1; --t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        T* in = init.data + r * hp;
+        if (t >= 0 && g_all)
+          std::memcpy(in, g_all + ((m * B + b) * T_ + t) * H, H * sizeof(T));
+        else
+          std::memset(in, 0, H * sizeof(T));
+        if (t == T_ - 1 && g_last)
+          for (int64_t j = 0; j < H; ++j) in[j] += g_last[(m * B + b) * H + j];
+      }
+      gemm_tile<T>(rows, H, src, H, wm, hp, init.data, z.data);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        const T* zr = z.data + r * hp;
+        if (t < 0) {  // one more product gives dL/dh0, no activation in front of h0
+          std::memcpy(dh0 + (m * B + b) * H, zr, H * sizeof(T));
+          continue;
+        }
+        const T* h = states + ((m * B + b) * T_ + t) * H;
+        T* d = dz + ((m * B + b) * T_ + t) * H;
+        for (int64_t j = 0; j < H; ++j) d[j] = zr[j] * activation_grad(p.activation, h[j]);
+        std::memcpy(nxt + r * H, d, H * sizeof(T));
+      }
+      std::swap(src, nxt);
+    }
+  });
+}
+
+}  // namespace
+
+void forward_cpu(const ForwardParams& p) {
+  if (p.dtype == DType::Float64)
+    forward_impl<double>(p);
+  else
+    forward_impl<float>(p);
+}
+
+void backward_cpu(const BackwardParams& p) {
+  if (p.dtype == DType::Float64)
+    backward_impl<double>(p);
+  else
+    backward_impl<float>(p);
+}
+
+}  // namespace gf::rnn

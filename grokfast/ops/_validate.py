@@ -1,0 +1,57 @@
+"""Argument checks shared by the ops: every error names the argument and what was expected."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BACKENDS = ("cpu", "cuda", "cuda-emulated")
+
+
+def as_tensor(name: str, value: Any, *, optional: bool = False) -> Optional[Tensor]:
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got None")
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_shape(name: str, t: Tensor, expected: Sequence[int], what: str) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)} ({what}), got {tuple(t.shape)}")
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    if backend is None:
+        return "cuda" if device.type == "cuda" else "cpu"
+    check_choice("backend", backend, BACKENDS)
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs tensors on a CUDA device, got device {device}")
+    if backend != "cuda" and device.type != "cpu":
+        raise ValueError(f"backend={backend!r} needs tensors on the CPU, got device {device}")
+    return backend
+
+
+def check_same_device(named: dict[str, Optional[Tensor]], device: torch.device) -> None:
+    for name, t in named.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (where w_hh is), got {t.device}")
+
+
+def check_dtype(named: dict[str, Optional[Tensor]], dtype: torch.dtype) -> None:
+    for name, t in named.items():
+        if t is not None and t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (the dtype of w_hh), got {t.dtype}")

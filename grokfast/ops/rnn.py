@@ -1,0 +1,321 @@
+"""The fused Elman recurrence h_t = act(W_hh h_{t-1} + W_ih x_t + b), with an optional fused
+readout y_t = W_out h_t + b_out, as a torch.library custom op with autograd."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from grokfast._ext import ext
+from grokfast.ops._validate import (as_tensor, check_choice, check_dtype, check_same_device,
+                                    check_shape, resolve_backend)
+
+ACTIVATIONS = ("tanh", "relu")
+_ACTIVATION_CODE = {"tanh": 0, "relu": 1}
+_Y_ALL, _Y_LAST = 2, 1
+_GPU_BACKENDS = ("cuda", "cuda-emulated")
+MAX_HIDDEN_GPU = 256
+
+
+class RNNOutput(NamedTuple):
+    """y: readouts ([.., B, T, O] or [.., B, O]) or None without a readout;
+    h: hidden states ([.., B, T, H] or [.., B, H]) or None."""
+
+    y: Optional[Tensor]
+    h: Optional[Tensor]
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _stream(t: Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _dtype_code(t: Tensor):
+    c = ext()
+    return c.DType.Float64 if t.dtype == torch.float64 else c.DType.Float32
+
+
+def _alloc_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_out: Optional[Tensor], y_mode: int,
+                   want_all: bool, want_last: bool) -> tuple[Tensor, Tensor, Tensor]:
+    M, H = w_hh.shape[0], w_hh.shape[1]
+    B, T = x.shape[1], x.shape[2]
+    empty = w_hh.new_empty(0)
+    y = empty
+    if w_out is not None:
+        O = w_out.shape[1]
+        y = w_hh.new_empty(M, B, T, O) if y_mode == _Y_ALL else w_hh.new_empty(M, B, O)
+    h_all = w_hh.new_empty(M, B, T, H) if want_all else w_hh.new_empty(0)
+    h_last = w_hh.new_empty(M, B, H) if want_last else w_hh.new_empty(0)
+    return y, h_all, h_last
+
+
+@torch.library.custom_op("grokfast::rnn_forward", mutates_args=())
+def rnn_forward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
+                   activation: int, y_mode: int, want_all: bool, want_last: bool,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Canonical layout, model dimension always present: x [M, B, T] ids or [M, B, T, I];
+    w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O].
+    Returns (y, all hidden states, last hidden state); unrequested ones are empty."""
+    c = ext()
+    y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last)
+    M, H, I = w_ih.shape
+    B, T = x.shape[1], x.shape[2]
+    tokens = not x.is_floating_point()
+    if tokens and x.numel() > 0:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= I:
+            raise ValueError(f"x: token ids must lie in [0, {I}) (the columns of w_ih), "
+                             f"got values in [{lo}, {hi}]")
+    w_ih_t = w_ih.transpose(1, 2).contiguous()
+    p = c.RnnForwardParams()
+    p.M, p.B, p.T, p.I, p.H = M, B, T, I, H
+    p.O = w_out.shape[1] if w_out is not None else 0
+    p.tokens = tokens
+    p.activation = c.Activation(activation)
+    p.dtype = _dtype_code(w_hh)
+    p.x = _ptr(x)
+    strides = list(x.stride()) + [0]
+    p.x_stride_m, p.x_stride_b, p.x_stride_t, p.x_stride_i = strides[:4]
+    p.w_ih_t = _ptr(w_ih_t)
+    p.w_hh = _ptr(w_hh)
+    p.bias = _ptr(bias)
+    p.h0 = _ptr(h0)
+    p.w_out = _ptr(w_out)
+    p.b_out = _ptr(b_out)
+    p.y_mode = c.OutputMode(y_mode if w_out is not None else 0)
+    p.y = _ptr(y)
+    p.h_all = _ptr(h_all)
+    p.h_last = _ptr(h_last)
+    p.stream = _stream(w_hh)
+    c.rnn_forward(p, backend)
+    return y, h_all, h_last
+
+
+@rnn_forward_op.register_fake
+def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend):
+    return _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last)
+
+
+@torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
+def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
+                    g_last: Optional[Tensor], activation: int,
+                    backend: str) -> tuple[Tensor, Tensor]:
+    """Sequential part of BPTT: dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t) and dh0 = W_hh^T dz_0,
+    for states [M, B, T, H] (T >= 1); g_all [M, B, T, H] and g_last [M, B, H] are optional."""
+    c = ext()
+    M, B, T, H = states.shape
+    dz = torch.empty_like(states)
+    dh0 = states.new_empty(M, B, H)
+    g_all = g_all.contiguous() if g_all is not None else None
+    g_last = g_last.contiguous() if g_last is not None else None
+    p = c.RnnBackwardParams()
+    p.M, p.B, p.T, p.H = M, B, T, H
+    p.activation = c.Activation(activation)
+    p.dtype = _dtype_code(states)
+    p.states = _ptr(states)
+    p.w_hh = _ptr(w_hh)
+    p.g_all = _ptr(g_all)
+    p.g_last = _ptr(g_last)
+    p.dz = _ptr(dz)
+    p.dh0 = _ptr(dh0)
+    p.stream = _stream(states)
+    c.rnn_backward(p, backend)
+    return dz, dh0
+
+
+@rnn_backward_op.register_fake
+def _(states, w_hh, g_all, g_last, activation, backend):
+    M, B, T, H = states.shape
+    return torch.empty_like(states), states.new_empty(M, B, H)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend = inputs
+    _, h_all, _ = output
+    ctx.save_for_backward(x, w_ih, w_hh, bias, h0, w_out, h_all)
+    ctx.activation, ctx.y_mode, ctx.backend = activation, y_mode, backend
+    ctx.saved_states = want_all
+
+
+def _backward(ctx, grad_y, grad_h_all, grad_h_last):
+    if not ctx.saved_states:
+        raise RuntimeError("grokfast::rnn_forward was called with want_all=False, so it kept no "
+                           "hidden states for the backward; call it through grokfast.ops.rnn")
+    x, w_ih, w_hh, bias, h0, w_out, states = ctx.saved_tensors
+    M, B, T, H = states.shape
+    needs = ctx.needs_input_grad
+    g_all = grad_h_all if grad_h_all is not None and grad_h_all.numel() > 0 else None
+    g_last = grad_h_last if grad_h_last is not None and grad_h_last.numel() > 0 else None
+    gy = grad_y if w_out is not None and grad_y is not None and grad_y.numel() > 0 else None
+    if gy is not None and ctx.y_mode == _Y_ALL:
+        from_y = (gy.reshape(M, B * T, -1) @ w_out).reshape(M, B, T, H)
+        g_all = from_y if g_all is None else g_all + from_y
+    elif gy is not None:
+        from_y = torch.bmm(gy, w_out)
+        g_last = from_y if g_last is None else g_last + from_y
+
+    dz, dh0 = torch.ops.grokfast.rnn_backward(states, w_hh, g_all, g_last, ctx.activation,
+                                              ctx.backend)
+    d_x = d_w_ih = d_w_hh = d_bias = d_h0 = d_w_out = d_b_out = None
+    if needs[2]:
+        d_w_hh = torch.einsum("mbtj,mbtk->mjk", dz[:, :, 1:], states[:, :, :-1])
+        if h0 is not None:
+            d_w_hh = d_w_hh + torch.einsum("mbj,mbk->mjk", dz[:, :, 0], h0)
+    if needs[3] and bias is not None:
+        d_bias = dz.sum((1, 2))
+    if needs[4] and h0 is not None:
+        d_h0 = dh0
+    if x.is_floating_point():
+        if needs[0]:
+            d_x = torch.einsum("mbth,mhi->mbti", dz, w_ih)
+        if needs[1]:
+            d_w_ih = torch.einsum("mbth,mbti->mhi", dz, x)
+    elif needs[1]:
+        I = w_ih.shape[2]
+        flat = dz.reshape(M, B * T, H)
+        index = x.reshape(M, B * T, 1).expand(M, B * T, H)
+        d_w_ih = dz.new_zeros(M, I, H).scatter_add_(1, index, flat).transpose(1, 2)
+    if gy is not None and (needs[5] or needs[6]):
+        if ctx.y_mode == _Y_ALL:
+            d_w_out = torch.einsum("mbto,mbth->moh", gy, states) if needs[5] else None
+            d_b_out = gy.sum((1, 2)) if needs[6] else None
+        else:
+            d_w_out = torch.einsum("mbo,mbh->moh", gy, states[:, :, -1]) if needs[5] else None
+            d_b_out = gy.sum(1) if needs[6] else None
+    return d_x, d_w_ih, d_w_hh, d_bias, d_h0, d_w_out, d_b_out, None, None, None, None, None
+
+
+torch.library.register_autograd("grokfast::rnn_forward", _backward, setup_context=_setup_context)
+
+
+def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
+        activation: str = "tanh", outputs: str = "all", hidden: str = "last",
+        backend: Optional[str] = None) -> RNNOutput:
+    """Run an Elman RNN h_t = act(w_hh h_{t-1} + w_ih x_t + bias) over whole sequences.
+
+    Shapes (a leading model dimension M is optional and, when w_hh has it, required on every
+    weight and on x: M independent RNNs in one call):
+      x       int64 token ids [(M,) B, T] (w_ih read as an embedding table, no GEMM) or
+              float values [(M,) B, T, I]
+      w_ih    [(M,) H, I] (I = vocabulary size for token ids); w_hh [(M,) H, H]; bias [(M,) H]
+      h0      broadcastable to [(M,) B, H]; zeros when None
+      w_out   [(M,) O, H] and b_out [(M,) O]: fused readout y_t = w_out h_t + b_out
+    activation: "tanh" or "relu". outputs: readouts for "all" steps or the "last" only.
+    hidden: hidden states for "all" steps, the "last" only, or "none" (without "all" nothing of
+    size B x T x H is allocated unless autograd needs it). backend: "cpu", "cuda" or
+    "cuda-emulated" (the CUDA kernel run on host threads); default from the tensors' device.
+    Returns RNNOutput(y, h); y is None without w_out.
+    """
+    w_hh = as_tensor("w_hh", w_hh)
+    if not w_hh.is_floating_point():
+        raise TypeError(f"w_hh: expected a float32 or float64 tensor, got {w_hh.dtype}")
+    if w_hh.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"w_hh: expected dtype float32 or float64, got {w_hh.dtype}")
+    if w_hh.dim() not in (2, 3) or w_hh.shape[-1] != w_hh.shape[-2]:
+        raise ValueError(f"w_hh: expected a square matrix [H, H] or a stack [M, H, H], "
+                         f"got shape {tuple(w_hh.shape)}")
+    batched = w_hh.dim() == 3
+    M = w_hh.shape[0] if batched else 1
+    H = w_hh.shape[-1]
+    lead = (M,) if batched else ()
+    model_note = "with the model dimension of w_hh" if batched else "w_hh has no model dimension"
+
+    x = as_tensor("x", x)
+    w_ih = as_tensor("w_ih", w_ih)
+    bias = as_tensor("bias", bias, optional=True)
+    h0 = as_tensor("h0", h0, optional=True)
+    w_out = as_tensor("w_out", w_out, optional=True)
+    b_out = as_tensor("b_out", b_out, optional=True)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_choice("outputs", outputs, ("all", "last"))
+    check_choice("hidden", hidden, ("all", "last", "none"))
+    if b_out is not None and w_out is None:
+        raise ValueError("b_out: given without w_out (the readout weight)")
+
+    device = w_hh.device
+    backend = resolve_backend(backend, device)
+    check_same_device({"x": x, "w_ih": w_ih, "bias": bias, "h0": h0, "w_out": w_out,
+                       "b_out": b_out}, device)
+    check_dtype({"w_ih": w_ih, "bias": bias, "h0": h0, "w_out": w_out, "b_out": b_out}, w_hh.dtype)
+    if backend in _GPU_BACKENDS:
+        if w_hh.dtype != torch.float32:
+            raise TypeError(f"w_hh: backend {backend!r} supports float32 only, got {w_hh.dtype} "
+                            "(float64 runs on backend='cpu')")
+        if H > MAX_HIDDEN_GPU:
+            raise ValueError(f"w_hh: hidden size {H} is unsupported on backend {backend!r} "
+                             f"(at most {MAX_HIDDEN_GPU}); use backend='cpu'")
+
+    if w_ih.dim() != len(lead) + 2 or tuple(w_ih.shape[:-1]) != lead + (H,):
+        raise ValueError(f"w_ih: expected shape {lead + (H,)} + (I,) ({model_note}), "
+                         f"got {tuple(w_ih.shape)}")
+    I = w_ih.shape[-1]
+    tokens = not x.is_floating_point()
+    if tokens:
+        if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"x: expected integer token ids or float values, got {x.dtype}")
+        x = x.long()
+        if x.dim() != len(lead) + 2 or tuple(x.shape[:len(lead)]) != lead:
+            raise ValueError(f"x: token ids must have shape {lead} + (B, T) ({model_note}), "
+                             f"got {tuple(x.shape)}")
+    else:
+        if x.dtype != w_hh.dtype:
+            raise TypeError(f"x: expected dtype {w_hh.dtype} (the dtype of w_hh), got {x.dtype}")
+        if x.dim() != len(lead) + 3 or tuple(x.shape[:len(lead)]) != lead or x.shape[-1] != I:
+            raise ValueError(f"x: expected shape {lead} + (B, T, {I}) (I = columns of w_ih, "
+                             f"{model_note}), got {tuple(x.shape)}")
+    B, T = x.shape[len(lead)], x.shape[len(lead) + 1]
+    if bias is not None:
+        check_shape("bias", bias, lead + (H,), model_note)
+    if w_out is not None:
+        if w_out.dim() != len(lead) + 2 or tuple(w_out.shape[:len(lead)]) != lead or w_out.shape[-1] != H:
+            raise ValueError(f"w_out: expected shape {lead} + (O, {H}) ({model_note}), "
+                             f"got {tuple(w_out.shape)}")
+        if b_out is not None:
+            check_shape("b_out", b_out, tuple(w_out.shape[:-1]), "one bias per readout unit")
+    if h0 is not None:
+        try:
+            h0 = torch.broadcast_to(h0, lead + (B, H))
+        except RuntimeError:
+            raise ValueError(f"h0: expected a shape broadcastable to {lead + (B, H)}, "
+                             f"got {tuple(h0.shape)}") from None
+
+    if not batched:
+        x, w_ih, w_hh = x.unsqueeze(0), w_ih.unsqueeze(0), w_hh.unsqueeze(0)
+        bias = bias.unsqueeze(0) if bias is not None else None
+        h0 = h0.unsqueeze(0) if h0 is not None else None
+        w_out = w_out.unsqueeze(0) if w_out is not None else None
+        b_out = b_out.unsqueeze(0) if b_out is not None else None
+
+    if T == 0:
+        if w_out is not None and outputs == "last":
+            raise ValueError("x: sequence length 0 has no last step to read out (outputs='last')")
+        h_last = h0.clone() if h0 is not None else w_hh.new_zeros(M, B, H)
+        y = w_hh.new_zeros(M, B, 0, w_out.shape[1]) if w_out is not None else None
+        h = {"all": w_hh.new_zeros(M, B, 0, H), "last": h_last, "none": None}[hidden]
+        return _strip(RNNOutput(y, h), batched)
+
+    floats = (x, w_ih, w_hh, bias, h0, w_out, b_out)
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in floats)
+    y, h_all, h_last = torch.ops.grokfast.rnn_forward(
+        x, w_ih.contiguous(), w_hh.contiguous(),
+        bias.contiguous() if bias is not None else None,
+        h0.contiguous() if h0 is not None else None,
+        w_out.contiguous() if w_out is not None else None,
+        b_out.contiguous() if b_out is not None else None,
+        _ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
+        hidden == "all" or need_grad, hidden == "last", backend)
+    h = {"all": h_all, "last": h_last, "none": None}[hidden]
+    return _strip(RNNOutput(y if w_out is not None else None, h), batched)
+
+
+def _strip(out: RNNOutput, batched: bool) -> RNNOutput:
+    if batched:
+        return out
+    return RNNOutput(*(t.squeeze(0) if t is not None else None for t in out))
