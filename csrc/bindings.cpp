@@ -111,7 +111,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("w_hh", &rnn::BackwardParams::w_hh)
       .def_readwrite("g_all", &rnn::BackwardParams::g_all)
       .def_readwrite("g_last", &rnn::BackwardParams::g_last)
-      .def_readwrite("dz", &rnn::BackwardParams::dz)
+      .def_readwrite("dz_next", &rnn::BackwardParams::dz_next)
+      .def_readwrite("dz0", &rnn::BackwardParams::dz0)
       .def_readwrite("dh0", &rnn::BackwardParams::dh0)
       .def_readwrite("stream", &rnn::BackwardParams::stream)
       .def_readwrite("num_threads", &rnn::BackwardParams::num_threads);

@@ -34,7 +34,9 @@ struct ForwardParams {
 
 // Backward of the recurrence only (the sequential part of BPTT):
 //   dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t),   dh0 = W_hh^T dz_0.
-// Weight gradients are then plain GEMMs over dz, done by the caller.
+// Weight gradients are then plain GEMMs over dz, done by the caller. dz is stored shifted by one
+// step (slot t holds dz_{t+1}, slot T-1 is zero) so that dW_hh = sum_t dz_{t+1} h_t^T + dz_0 h0^T
+// is one product of two contiguous [B*T, H] matrices.
 struct BackwardParams {
   int64_t M = 1, B = 0, T = 0, H = 0;
   Activation activation = Activation::Tanh;
@@ -43,8 +45,9 @@ struct BackwardParams {
   ptr_t w_hh = 0;    // [M, H, H]
   ptr_t g_all = 0;   // [M, B, T, H] or 0: dL/dh_t arriving from outside the recurrence
   ptr_t g_last = 0;  // [M, B, H] or 0: added to g at t = T-1
-  ptr_t dz = 0;      // [M, B, T, H] out
-  ptr_t dh0 = 0;     // [M, B, H] out
+  ptr_t dz_next = 0;  // [M, B, T, H] out: dz_{t+1} at slot t, zeros at T-1
+  ptr_t dz0 = 0;      // [M, B, H] out: dz_0
+  ptr_t dh0 = 0;      // [M, B, H] out
   ptr_t stream = 0;
   int num_threads = 0;
 };

@@ -13,6 +13,11 @@
 #include <type_traits>
 #include <vector>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "parallel.h"
 #include "rnn/rnn.h"
 #include "rnn/rnn_common.h"
 
@@ -60,40 +65,22 @@ struct Buffer {
   T& operator[](int64_t i) { return data[i]; }
 };
 
-// Cephes-style float tanh, vectorised: odd polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere.
-// Max error a few ulp; the scalar libm call would dominate the step for small H.
-inline vec<float> exp_pos(vec<float> x) {  // x in [0, 88]
-  typedef int VI __attribute__((vector_size(64)));
-  const vec<float> t = x * 1.44269504088896341f + 0.5f;
-  const VI n = __builtin_convertvector(t, VI);  // truncation == round for x >= 0
-  const vec<float> nf = __builtin_convertvector(n, vec<float>);
-  const vec<float> r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  vec<float> p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  VI bits = (n + 127) << 23;
-  vec<float> scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
+// Float tanh as a clamped odd/even rational function (the minimax fit Eigen uses, a few ulp):
+// a dozen FMAs and one division per vector; libm's tanhf would dominate a step at small H.
 inline vec<float> tanh_vec(vec<float> x) {
-  const vec<float> ax = x < 0.0f ? -x : x;
-  const vec<float> z = x * x;
-  vec<float> small = splat(-5.70498872745e-3f);
-  small = small * z + 2.06390887954e-2f;
-  small = small * z - 5.37397155531e-2f;
-  small = small * z + 1.33314422036e-1f;
-  small = small * z - 3.33332819422e-1f;
-  small = small * z * x + x;
-  const vec<float> e = exp_pos(ax < 9.0f ? ax * 2.0f : splat(18.0f));
-  vec<float> large = 1.0f - 2.0f / (e + 1.0f);
-  large = x < 0.0f ? -large : large;
-  return ax < 0.625f ? small : large;
+  x = x > 7.90531110763549805f ? splat(7.90531110763549805f) : x;
+  x = x < -7.90531110763549805f ? splat(-7.90531110763549805f) : x;
+  const vec<float> x2 = x * x;
+  vec<float> p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = p * x2 - 8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  vec<float> q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
 }
 
 template <class T>
@@ -167,42 +154,32 @@ void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w
 }
 
 template <class T>
+inline T horizontal_sum(vec<T> v) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>)
+    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  else
+    return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#else
+  T lanes[Simd<T>::N];
+  std::memcpy(lanes, &v, sizeof v);
+  for (int width = Simd<T>::N / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  return lanes[0];
+#endif
+}
+
+template <class T>
 T dot_padded(const T* a, const T* b, int64_t hp) {
   constexpr int N = Simd<T>::N;
   vec<T> acc{};
   for (int64_t j = 0; j < hp; j += N) acc += load(a + j) * load(b + j);
-  T s = 0;
-  for (int i = 0; i < N; ++i) s += acc[i];
-  return s;
-}
-
-// Runs fn(item) for item in [0, n) on up to `threads` threads, statically interleaved.
-template <class F>
-void parallel_for(int64_t n, int threads, F&& fn) {
-  threads = int(std::min<int64_t>(threads, n));
-  if (threads <= 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::vector<std::thread> pool;
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      try {
-        for (int64_t i = t; i < n; i += threads) fn(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        error = std::current_exception();
-      }
-    });
-  for (auto& th : pool) th.join();
-  if (error) std::rethrow_exception(error);
+  return horizontal_sum<T>(acc);
 }
 
 int thread_count(int requested, double flops) {
-  if (flops < 2e6) return 1;  // thread start-up would cost more than it saves
-  int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  if (flops < 2e6) return 1;  // waking a worker would cost more than it saves
+  const int hw = hardware_threads();
   return requested > 0 ? std::min(requested, hw) : hw;
 }
 
@@ -323,7 +300,8 @@ void backward_impl(const BackwardParams& p) {
   const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
   const T* g_all = reinterpret_cast<const T*>(p.g_all);
   const T* g_last = reinterpret_cast<const T*>(p.g_last);
-  T* dz = reinterpret_cast<T*>(p.dz);
+  T* dz_next = reinterpret_cast<T*>(p.dz_next);
+  T* dz0 = reinterpret_cast<T*>(p.dz0);
 
   // dz_{t+1} (as a row) times W_hh: W_hh itself is the [K = H] x [hp] operand.
   std::vector<std::unique_ptr<Buffer<T>>> wpad(M);
@@ -341,6 +319,8 @@ void backward_impl(const BackwardParams& p) {
     T* src = src_a.data;  // dz_{t+1}; zero past the end
     T* nxt = src_b.data;
     const T* wm = wpad[m]->data;
+    for (int64_t r = 0; r < rows; ++r)
+      std::memset(dz_next + ((m * B + b0 + r) * T_ + T_ - 1) * H, 0, H * sizeof(T));
     for (int64_t t = T_ - 1; t >= -1; --t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
@@ -361,7 +341,7 @@ void backward_impl(const BackwardParams& p) {
           continue;
         }
         const T* h = states + ((m * B + b) * T_ + t) * H;
-        T* d = dz + ((m * B + b) * T_ + t) * H;
+        T* d = t > 0 ? dz_next + ((m * B + b) * T_ + t - 1) * H : dz0 + (m * B + b) * H;
         for (int64_t j = 0; j < H; ++j) d[j] = zr[j] * activation_grad(p.activation, h[j]);
         std::memcpy(nxt + r * H, d, H * sizeof(T));
       }

@@ -35,7 +35,7 @@ struct KernelArgs {
   float *y, *h_all, *h_last;
   // backward
   const float *states, *g_all, *g_last;
-  float *dz, *dh0;
+  float *dz_next, *dz0, *dh0;
 };
 
 // Term added to W h_{t-1} before the activation (forward) or to W^T dz_{t+1} (backward).
@@ -83,6 +83,9 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
     for (int r = 0; r < rows; ++r) hbuf[r * hs + j] = a.h0[(int64_t(m) * a.B + b0 + r) * H + j];
   __syncthreads();
 
+  if (a.backward && own)
+    for (int r = 0; r < rows; ++r)
+      a.dz_next[((int64_t(m) * a.B + b0 + r) * a.T + a.T - 1) * H + j] = 0.f;
   float* cur = hbuf;
   float* nxt = hbuf + BT * hs;
   const int steps = a.backward ? a.T + 1 : a.T;  // the backward's extra step yields dh0
@@ -113,7 +116,10 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
         } else if (t >= 0) {
           const float d = acc[r] * activation_grad(a.act, a.states[at]);
           nxt[r * hs + j] = d;
-          a.dz[at] = d;
+          if (t > 0)
+            a.dz_next[at - H] = d;
+          else
+            a.dz0[row * H + j] = d;
         } else {
           a.dh0[row * H + j] = acc[r];
         }
@@ -237,7 +243,8 @@ inline void backward(const BackwardParams& p) {
   a.states = reinterpret_cast<const float*>(p.states);
   a.g_all = reinterpret_cast<const float*>(p.g_all);
   a.g_last = reinterpret_cast<const float*>(p.g_last);
-  a.dz = reinterpret_cast<float*>(p.dz);
+  a.dz_next = reinterpret_cast<float*>(p.dz_next);
+  a.dz0 = reinterpret_cast<float*>(p.dz0);
   a.dh0 = reinterpret_cast<float*>(p.dh0);
   run(a, p.M, reinterpret_cast<void*>(p.stream));
 }

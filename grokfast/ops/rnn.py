@@ -105,12 +105,15 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 @torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
 def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                     g_last: Optional[Tensor], activation: int,
-                    backend: str) -> tuple[Tensor, Tensor]:
-    """Sequential part of BPTT: dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t) and dh0 = W_hh^T dz_0,
-    for states [M, B, T, H] (T >= 1); g_all [M, B, T, H] and g_last [M, B, H] are optional."""
+                    backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Sequential part of BPTT for states [M, B, T, H] (T >= 1), with g_all [M, B, T, H] and
+    g_last [M, B, H] the optional gradients arriving at the hidden states:
+    dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t). Returns (dz_next, dz0, dh0): dz_next[:, :, t]
+    holds dz_{t+1} (zeros at T-1), dz0 = dz_0 and dh0 = W_hh^T dz_0."""
     c = ext()
     M, B, T, H = states.shape
-    dz = torch.empty_like(states)
+    dz_next = torch.empty_like(states)
+    dz0 = states.new_empty(M, B, H)
     dh0 = states.new_empty(M, B, H)
     g_all = g_all.contiguous() if g_all is not None else None
     g_last = g_last.contiguous() if g_last is not None else None
@@ -122,17 +125,22 @@ def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     p.w_hh = _ptr(w_hh)
     p.g_all = _ptr(g_all)
     p.g_last = _ptr(g_last)
-    p.dz = _ptr(dz)
+    p.dz_next = _ptr(dz_next)
+    p.dz0 = _ptr(dz0)
     p.dh0 = _ptr(dh0)
     p.stream = _stream(states)
     c.rnn_backward(p, backend)
-    return dz, dh0
+    return dz_next, dz0, dh0
 
 
 @rnn_backward_op.register_fake
 def _(states, w_hh, g_all, g_last, activation, backend):
     M, B, T, H = states.shape
-    return torch.empty_like(states), states.new_empty(M, B, H)
+    return torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H)
+
+
+# Token gradients: a one-hot product for small vocabularies, index_add_ beyond.
+_ONE_HOT_MAX_VOCAB = 64
 
 
 def _setup_context(ctx, inputs, output):
@@ -141,6 +149,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, bias, h0, w_out, h_all)
     ctx.activation, ctx.y_mode, ctx.backend = activation, y_mode, backend
     ctx.saved_states = want_all
+    ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
 
 
 def _backward(ctx, grad_y, grad_h_all, grad_h_last):
@@ -154,39 +163,51 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     g_last = grad_h_last if grad_h_last is not None and grad_h_last.numel() > 0 else None
     gy = grad_y if w_out is not None and grad_y is not None and grad_y.numel() > 0 else None
     if gy is not None and ctx.y_mode == _Y_ALL:
-        from_y = (gy.reshape(M, B * T, -1) @ w_out).reshape(M, B, T, H)
+        from_y = torch.matmul(gy, w_out.unsqueeze(1))
         g_all = from_y if g_all is None else g_all + from_y
     elif gy is not None:
         from_y = torch.bmm(gy, w_out)
         g_last = from_y if g_last is None else g_last + from_y
+    if g_all is None and g_last is None:
+        return (None,) * 12
 
-    dz, dh0 = torch.ops.grokfast.rnn_backward(states, w_hh, g_all, g_last, ctx.activation,
-                                              ctx.backend)
+    dz_next, dz0, dh0 = torch.ops.grokfast.rnn_backward(states, w_hh, g_all, g_last,
+                                                        ctx.activation, ctx.backend)
+    # dz_t for t >= 1 sits at slot t-1 of dz_next, next to h_{t-1} at slot t-1 of states.
+    flat_next = dz_next.reshape(M, B * T, H)
     d_x = d_w_ih = d_w_hh = d_bias = d_h0 = d_w_out = d_b_out = None
     if needs[2]:
-        d_w_hh = torch.einsum("mbtj,mbtk->mjk", dz[:, :, 1:], states[:, :, :-1])
+        d_w_hh = flat_next.transpose(1, 2) @ states.reshape(M, B * T, H)
         if h0 is not None:
-            d_w_hh = d_w_hh + torch.einsum("mbj,mbk->mjk", dz[:, :, 0], h0)
+            d_w_hh = d_w_hh + dz0.transpose(1, 2) @ h0
     if needs[3] and bias is not None:
-        d_bias = dz.sum((1, 2))
+        d_bias = dz_next.sum((1, 2)) + dz0.sum(1)
     if needs[4] and h0 is not None:
         d_h0 = dh0
-    if x.is_floating_point():
-        if needs[0]:
-            d_x = torch.einsum("mbth,mhi->mbti", dz, w_ih)
-        if needs[1]:
-            d_w_ih = torch.einsum("mbth,mbti->mhi", dz, x)
-    elif needs[1]:
-        I = w_ih.shape[2]
+    if needs[0] or needs[1]:
+        dz = torch.cat([dz0.unsqueeze(2), dz_next[:, :, :-1]], 2)  # dz_t in step order
         flat = dz.reshape(M, B * T, H)
-        index = x.reshape(M, B * T, 1).expand(M, B * T, H)
-        d_w_ih = dz.new_zeros(M, I, H).scatter_add_(1, index, flat).transpose(1, 2)
+        I = w_ih.shape[2]
+        if x.is_floating_point():
+            if needs[0]:
+                d_x = torch.matmul(dz, w_ih.unsqueeze(1))
+            if needs[1]:
+                d_w_ih = flat.transpose(1, 2) @ x.reshape(M, B * T, I)
+        elif needs[1]:
+            ids = x.reshape(M, B * T)
+            if I <= _ONE_HOT_MAX_VOCAB:
+                one_hot = torch.nn.functional.one_hot(ids, I).to(flat.dtype)
+                d_w_ih = flat.transpose(1, 2) @ one_hot
+            else:
+                d_w_ih = torch.stack([dz.new_zeros(I, H).index_add_(0, ids[m], flat[m]).t()
+                                      for m in range(M)])
     if gy is not None and (needs[5] or needs[6]):
         if ctx.y_mode == _Y_ALL:
-            d_w_out = torch.einsum("mbto,mbth->moh", gy, states) if needs[5] else None
+            if needs[5]:
+                d_w_out = gy.reshape(M, B * T, -1).transpose(1, 2) @ states.reshape(M, B * T, H)
             d_b_out = gy.sum((1, 2)) if needs[6] else None
         else:
-            d_w_out = torch.einsum("mbo,mbh->moh", gy, states[:, :, -1]) if needs[5] else None
+            d_w_out = gy.transpose(1, 2) @ states[:, :, -1] if needs[5] else None
             d_b_out = gy.sum(1) if needs[6] else None
     return d_x, d_w_ih, d_w_hh, d_bias, d_h0, d_w_out, d_b_out, None, None, None, None, None
 
