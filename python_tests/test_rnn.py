@@ -380,3 +380,14 @@ def test_backends_report():
     assert info["cpu"] and info["cuda_emulated"]
     if not info["cuda_compiled"]:
         assert info["cuda"] is False
+
+
+@pytest.mark.parametrize("vocab", [2, 100])  # one-hot product and index_add_ paths
+def test_token_embedding_gradient_any_vocabulary(backend, vocab):
+    a = make(9, 4, 12, tokens=True, I=vocab, M=2, device=device_of(backend))
+    a["w_ih"].requires_grad_(True)
+    out = rnn(**a, activation="tanh", hidden="all", backend=backend)
+    ours = torch.autograd.grad(out.y.square().sum(), a["w_ih"])[0]
+    _, y = reference(a, "tanh", M=2)
+    theirs = torch.autograd.grad(y.square().sum(), a["w_ih"])[0]
+    torch.testing.assert_close(ours.cpu(), theirs.cpu(), atol=5e-4, rtol=5e-4)

@@ -68,8 +68,13 @@ struct Buffer {
 // Float tanh as a clamped odd/even rational function (the minimax fit Eigen uses, a few ulp):
 // a dozen FMAs and one division per vector; libm's tanhf would dominate a step at small H.
 inline vec<float> tanh_vec(vec<float> x) {
+#ifdef __AVX512F__
+  x = reinterpret_cast<vec<float>>(_mm512_min_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(7.90531110763549805f)));
+  x = reinterpret_cast<vec<float>>(_mm512_max_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(-7.90531110763549805f)));
+#else
   x = x > 7.90531110763549805f ? splat(7.90531110763549805f) : x;
   x = x < -7.90531110763549805f ? splat(-7.90531110763549805f) : x;
+#endif
   const vec<float> x2 = x * x;
   vec<float> p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = p * x2 - 8.60467152213735e-11f;
@@ -80,57 +85,64 @@ inline vec<float> tanh_vec(vec<float> x) {
   vec<float> q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
+#ifdef __AVX512F__
+  // Reciprocal estimate plus one Newton step: ~1 ulp, without the slow vector division.
+  vec<float> r = reinterpret_cast<vec<float>>(_mm512_rcp14_ps(reinterpret_cast<__m512>(q)));
+  r = r * (2.0f - q * r);
+  return x * p * r;
+#else
   return x * p / q;
+#endif
 }
+
+enum class Epilogue { Identity, Tanh, Relu };
 
 template <class T>
-void activate_row(Activation a, T* z, int64_t hp) {
-  constexpr int N = Simd<T>::N;
-  if (a == Activation::Relu) {
-    for (int64_t j = 0; j < hp; j += N) {
-      vec<T> v = load(z + j);
-      store(z + j, v > T(0) ? v : splat(T(0)));
+inline vec<T> apply(Epilogue e, vec<T> v) {
+  if (e == Epilogue::Relu) return v > T(0) ? v : splat(T(0));
+  if (e == Epilogue::Tanh) {
+    if constexpr (std::is_same_v<T, float>) {
+      return tanh_vec(v);
+    } else {
+      for (int i = 0; i < Simd<T>::N; ++i) v[i] = std::tanh(v[i]);
     }
-  } else if constexpr (std::is_same_v<T, float>) {
-    for (int64_t j = 0; j < hp; j += N) store(z + j, tanh_vec(load(z + j)));
-  } else {
-    for (int64_t j = 0; j < hp; ++j) z[j] = std::tanh(z[j]);
   }
+  return v;
 }
 
-// out[r][:] = init[r][:] + sum_k src[r][k] * w[k][:], for MR rows and NV vectors of columns.
+// out[r][col:] = e(init[r][col:] + sum_k src[r][k] * w[k][col:]) for MR rows and NV vectors.
 template <class T, int MR, int NV>
 inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t w_ld,
-                       const T* init, T* out, int64_t ld) {
+                       const T* const* init, int64_t col, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
   vec<T> acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load(init + r * ld + v * N);
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(init[r] + col + v * N);
   for (int64_t k = 0; k < K; ++k) {
     vec<T> wv[NV];
-    for (int v = 0; v < NV; ++v) wv[v] = load(w + k * w_ld + v * N);
+    for (int v = 0; v < NV; ++v) wv[v] = load(w + k * w_ld + col + v * N);
     for (int r = 0; r < MR; ++r) {
       const vec<T> s = splat(src[r * src_ld + k]);
       for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(out + r * ld + v * N, acc[r][v]);
+    for (int v = 0; v < NV; ++v) store(out + r * out_ld + col + v * N, apply<T>(e, acc[r][v]));
 }
 
 template <class T, int MR>
-void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, const T* init,
-               T* out) {
+void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
+               const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
   constexpr int NB = MR <= 2 ? 8 : 4;  // accumulators + weight vectors fit the 32 registers
   const int64_t nvec = hp / N;
   for (int64_t c = 0; c < nvec; c += NB) {
     const int64_t col = c * N;
     switch (std::min<int64_t>(NB, nvec - c)) {
-#define GF_CASE(nv)                                                                       \
-  case nv:                                                                                \
-    if constexpr (nv <= NB)                                                               \
-      gemm_block<T, MR, nv>(K, src, src_ld, w + col, hp, init + col, out + col, hp);      \
+#define GF_CASE(nv)                                                                   \
+  case nv:                                                                            \
+    if constexpr (nv <= NB)                                                           \
+      gemm_block<T, MR, nv>(K, src, src_ld, w, hp, init, col, out, out_ld, e);        \
     break;
       GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
 #undef GF_CASE
@@ -138,18 +150,20 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, 
   }
 }
 
-// rows x K times K x hp, in blocks of up to 4 rows.
+// A tile of rows times [K x hp] weights, in blocks of up to 4 rows; init[r] points at row r's
+// starting value (hp wide, zero padded), so bias and embedding rows are read in place.
 template <class T>
 void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
-               const T* init, T* out) {
+               const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
-    gemm_rows<T, 4>(K, src + r * src_ld, src_ld, w, hp, init + r * hp, out + r * hp);
+    gemm_rows<T, 4>(K, src + r * src_ld, src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
   const T* s = src + r * src_ld;
+  T* o = out + r * out_ld;
   switch (rows - r) {
-    case 3: gemm_rows<T, 3>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
-    case 2: gemm_rows<T, 2>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
-    case 1: gemm_rows<T, 1>(K, s, src_ld, w, hp, init + r * hp, out + r * hp); break;
+    case 3: gemm_rows<T, 3>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 2: gemm_rows<T, 2>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 1: gemm_rows<T, 1>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
   }
 }
 
@@ -180,6 +194,8 @@ T dot_padded(const T* a, const T* b, int64_t hp) {
 int thread_count(int requested, double flops) {
   if (flops < 2e6) return 1;  // waking a worker would cost more than it saves
   const int hw = hardware_threads();
+  if (requested <= 0)
+    if (const char* env = std::getenv("GROKFAST_NUM_THREADS")) requested = std::atoi(env);
   return requested > 0 ? std::min(requested, hw) : hw;
 }
 
@@ -215,9 +231,10 @@ void forward_impl(const ForwardParams& p) {
   const T* xs = reinterpret_cast<const T*>(p.x);
   const bool readout = O > 0 && p.y_mode != OutputMode::None;
 
-  // Per model: [W_hh^T; W_ih^T] padded to hp columns, bias, embedding rows, readout rows.
+  // Per model: [W_hh^T; W_ih^T] padded to hp columns; bias + embedding rows (each token's
+  // starting value); readout rows. Padding lanes stay zero, so padded h lanes stay act(0) = 0.
   const int64_t in_rows = p.tokens ? I : 0;
-  std::vector<std::unique_ptr<Buffer<T>>> wcat(M), emb(M), bias_p(M), wout_p(M);
+  std::vector<std::unique_ptr<Buffer<T>>> wcat(M), start(M), wout_p(M);
   for (int64_t m = 0; m < M; ++m) {
     wcat[m] = std::make_unique<Buffer<T>>(K * hp);
     Buffer<T>& w = *wcat[m];
@@ -225,50 +242,48 @@ void forward_impl(const ForwardParams& p) {
       for (int64_t k = 0; k < H; ++k) w[k * hp + j] = w_hh[(m * H + j) * H + k];
     for (int64_t i = 0; i < K - H; ++i)
       for (int64_t j = 0; j < H; ++j) w[(H + i) * hp + j] = w_ih_t[(m * I + i) * H + j];
-    emb[m] = std::make_unique<Buffer<T>>(in_rows * hp);
-    for (int64_t i = 0; i < in_rows; ++i)
-      for (int64_t j = 0; j < H; ++j) (*emb[m])[i * hp + j] = w_ih_t[(m * I + i) * H + j];
-    bias_p[m] = std::make_unique<Buffer<T>>(hp);
-    if (bias)
-      for (int64_t j = 0; j < H; ++j) (*bias_p[m])[j] = bias[m * H + j];
+    start[m] = std::make_unique<Buffer<T>>((in_rows + 1) * hp);  // row 0: bias alone
+    Buffer<T>& st = *start[m];
+    for (int64_t i = 0; i <= in_rows; ++i)
+      for (int64_t j = 0; j < H; ++j)
+        st[i * hp + j] = (bias ? bias[m * H + j] : T(0)) + (i > 0 ? w_ih_t[(m * I + i - 1) * H + j] : T(0));
     wout_p[m] = std::make_unique<Buffer<T>>(O * hp);
     for (int64_t o = 0; o < O; ++o)
       for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
   }
 
+  const Epilogue act = p.activation == Activation::Relu ? Epilogue::Relu : Epilogue::Tanh;
+  // Rows of the source buffers: [h (vector stores spill up to hp) | x_t (dense input)].
+  const int64_t ks = std::max(K, hp);
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * K * H * 2);
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
   parallel_for(M * tiles, threads, [&](int64_t item) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
-    Buffer<T> src_a(bt * K), src_b(bt * K), init(bt * hp), z(bt * hp);
+    Buffer<T> src_a(bt * ks), src_b(bt * ks);
+    std::vector<const T*> init(bt);
     T* src = src_a.data;
     T* nxt = src_b.data;
     for (int64_t r = 0; r < rows; ++r)
-      if (h0) std::memcpy(src + r * K, h0 + (m * B + b0 + r) * H, H * sizeof(T));
+      if (h0) std::memcpy(src + r * ks, h0 + (m * B + b0 + r) * H, H * sizeof(T));
     const T* wm = wcat[m]->data;
-    const T* bm = bias_p[m]->data;
+    const T* st = start[m]->data;
     for (int64_t t = 0; t < T_; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
-        T* in = init.data + r * hp;
         if (p.tokens) {
-          const int64_t id = ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t];
-          const T* e = emb[m]->data + id * hp;
-          for (int64_t j = 0; j < hp; j += N) store(in + j, load(bm + j) + load(e + j));
+          init[r] = st + (1 + ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t]) * hp;
         } else {
-          std::memcpy(in, bm, hp * sizeof(T));
+          init[r] = st;
           const T* xr = xs + m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t;
-          for (int64_t i = 0; i < I; ++i) src[r * K + H + i] = xr[i * p.x_stride_i];
+          for (int64_t i = 0; i < I; ++i) src[r * ks + H + i] = xr[i * p.x_stride_i];
         }
       }
-      gemm_tile<T>(rows, K, src, K, wm, hp, init.data, z.data);
+      gemm_tile<T>(rows, K, src, ks, wm, hp, init.data(), nxt, ks, act);
       const bool emit_y = readout && (p.y_mode == OutputMode::All || t == T_ - 1);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
-        T* h = z.data + r * hp;
-        activate_row(p.activation, h, hp);
-        std::memcpy(nxt + r * K, h, H * sizeof(T));
+        const T* h = nxt + r * ks;
         if (h_all) std::memcpy(h_all + ((m * B + b) * T_ + t) * H, h, H * sizeof(T));
         if (emit_y) {
           T* yr = y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
@@ -280,7 +295,7 @@ void forward_impl(const ForwardParams& p) {
     }
     if (h_last)
       for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(h_last + (m * B + b0 + r) * H, src + r * K, H * sizeof(T));
+        std::memcpy(h_last + (m * B + b0 + r) * H, src + r * ks, H * sizeof(T));
   });
 }
 
@@ -316,6 +331,8 @@ void backward_impl(const BackwardParams& p) {
   parallel_for(M * tiles, threads, [&](int64_t item) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
     Buffer<T> src_a(bt * H), src_b(bt * H), init(bt * hp), z(bt * hp);
+    std::vector<const T*> init_rows(bt);
+    for (int64_t r = 0; r < bt; ++r) init_rows[r] = init.data + r * hp;
     T* src = src_a.data;  // dz_{t+1}; zero past the end
     T* nxt = src_b.data;
     const T* wm = wpad[m]->data;
@@ -332,7 +349,7 @@ void backward_impl(const BackwardParams& p) {
         if (t == T_ - 1 && g_last)
           for (int64_t j = 0; j < H; ++j) in[j] += g_last[(m * B + b) * H + j];
       }
-      gemm_tile<T>(rows, H, src, H, wm, hp, init.data, z.data);
+      gemm_tile<T>(rows, H, src, H, wm, hp, init_rows.data(), z.data, hp, Epilogue::Identity);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         const T* zr = z.data + r * hp;

@@ -143,6 +143,14 @@ def _(states, w_hh, g_all, g_last, activation, backend):
 _ONE_HOT_MAX_VOCAB = 64
 
 
+def _token_grad(dz: Tensor, ids: Tensor, vocab: int) -> Tensor:
+    """sum over rows n of dz[m, n] placed in column ids[m, n]: [M, N, H] x [M, N] -> [M, H, V]."""
+    if vocab <= _ONE_HOT_MAX_VOCAB:
+        return dz.transpose(1, 2) @ torch.nn.functional.one_hot(ids, vocab).to(dz.dtype)
+    M, _, H = dz.shape
+    return torch.stack([dz.new_zeros(vocab, H).index_add_(0, ids[m], dz[m]).t() for m in range(M)])
+
+
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend = inputs
     _, h_all, _ = output
@@ -185,22 +193,20 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     if needs[4] and h0 is not None:
         d_h0 = dh0
     if needs[0] or needs[1]:
-        dz = torch.cat([dz0.unsqueeze(2), dz_next[:, :, :-1]], 2)  # dz_t in step order
-        flat = dz.reshape(M, B * T, H)
+        # Pair dz_next[:, :, t] = dz_{t+1} with x_{t+1}; dz_0 with x_0 separately.
         I = w_ih.shape[2]
+        x_next = torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], 2)
         if x.is_floating_point():
             if needs[0]:
-                d_x = torch.matmul(dz, w_ih.unsqueeze(1))
+                w_ih_b = w_ih.unsqueeze(1)
+                d_x = torch.cat([torch.matmul(dz0.unsqueeze(2), w_ih_b),
+                                 torch.matmul(dz_next, w_ih_b)[:, :, :-1]], 2)
             if needs[1]:
-                d_w_ih = flat.transpose(1, 2) @ x.reshape(M, B * T, I)
+                d_w_ih = (flat_next.transpose(1, 2) @ x_next.reshape(M, B * T, I)
+                          + dz0.transpose(1, 2) @ x[:, :, 0])
         elif needs[1]:
-            ids = x.reshape(M, B * T)
-            if I <= _ONE_HOT_MAX_VOCAB:
-                one_hot = torch.nn.functional.one_hot(ids, I).to(flat.dtype)
-                d_w_ih = flat.transpose(1, 2) @ one_hot
-            else:
-                d_w_ih = torch.stack([dz.new_zeros(I, H).index_add_(0, ids[m], flat[m]).t()
-                                      for m in range(M)])
+            d_w_ih = (_token_grad(flat_next, x_next.reshape(M, B * T), I)
+                      + _token_grad(dz0, x[:, :, 0], I))
     if gy is not None and (needs[5] or needs[6]):
         if ctx.y_mode == _Y_ALL:
             if needs[5]:
