@@ -192,7 +192,9 @@ T dot_padded(const T* a, const T* b, int64_t hp) {
 }
 
 int thread_count(int requested, double flops) {
-  if (flops < 2e6) return 1;  // waking a worker would cost more than it saves
+  // Below ~1 ms of work one thread wins: a second one competes for its core with torch's
+  // OpenMP workers, which keep spinning for a while after every parallel torch op.
+  if (flops < 5e7) return 1;
   const int hw = hardware_threads();
   if (requested <= 0)
     if (const char* env = std::getenv("GROKFAST_NUM_THREADS")) requested = std::atoi(env);
