@@ -210,8 +210,12 @@ def test_opcheck(op_backend, tokens):
             0, 2, True, True, op_backend)
     torch.library.opcheck(torch.ops.grokfast.rnn_forward.default, args)
     states = torch.randn(2, 3, 4, 5).tanh()
-    torch.library.opcheck(torch.ops.grokfast.rnn_backward.default,
-                          (states, a["w_hh"].detach(), torch.randn(2, 3, 4, 5), None, 0, op_backend))
+    ids = a["x"] if tokens else None
+    for gy, mode in ((torch.randn(2, 3, 4, 2), 2), (torch.randn(2, 3, 2), 1)):
+        torch.library.opcheck(torch.ops.grokfast.rnn_backward.default,
+                              (states, a["w_hh"].detach(), torch.randn(2, 3, 4, 5), None, gy,
+                               a["w_out"].detach(), ids, 3, 0, mode, True, tokens, True, True,
+                               op_backend))
 
 
 def test_torch_compile():

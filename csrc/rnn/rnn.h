@@ -37,14 +37,27 @@ struct ForwardParams {
 // Weight gradients are then plain GEMMs over dz, done by the caller. dz is stored shifted by one
 // step (slot t holds dz_{t+1}, slot T-1 is zero) so that dW_hh = sum_t dz_{t+1} h_t^T + dz_0 h0^T
 // is one product of two contiguous [B*T, H] matrices.
+// The same pass also accumulates the gradients that are sums over (b, t): bias, token embedding
+// rows, readout weight and bias; outputs given as 0 are skipped, the others must be zeroed.
 struct BackwardParams {
-  int64_t M = 1, B = 0, T = 0, H = 0;
+  int64_t M = 1, B = 0, T = 0, H = 0, I = 0, O = 0;
   Activation activation = Activation::Tanh;
   DType dtype = DType::Float32;
   ptr_t states = 0;  // [M, B, T, H]: h_1..h_T from the forward
   ptr_t w_hh = 0;    // [M, H, H]
   ptr_t g_all = 0;   // [M, B, T, H] or 0: dL/dh_t arriving from outside the recurrence
   ptr_t g_last = 0;  // [M, B, H] or 0: added to g at t = T-1
+  // Readout gradient dL/dy: [M, B, T, O] (All) or [M, B, O] (Last); adds W_out^T gy_t to g_t.
+  OutputMode gy_mode = OutputMode::None;
+  ptr_t gy = 0;
+  ptr_t w_out = 0;  // [M, O, H]
+  // Token ids [M, B, T] (strided) for the embedding gradient; 0 for dense inputs.
+  ptr_t ids = 0;
+  int64_t ids_stride_m = 0, ids_stride_b = 0, ids_stride_t = 0;
+  ptr_t d_bias = 0;    // [M, H] += sum dz_t
+  ptr_t d_w_ih_t = 0;  // [M, I, H] += dz_t at row ids_t
+  ptr_t d_w_out = 0;   // [M, O, H] += gy_t h_t^T
+  ptr_t d_b_out = 0;   // [M, O] += gy_t
   ptr_t dz_next = 0;  // [M, B, T, H] out: dz_{t+1} at slot t, zeros at T-1
   ptr_t dz0 = 0;      // [M, B, H] out: dz_0
   ptr_t dh0 = 0;      // [M, B, H] out

@@ -192,13 +192,13 @@ T dot_padded(const T* a, const T* b, int64_t hp) {
 }
 
 int thread_count(int requested, double flops) {
-  // Below ~1 ms of work one thread wins: a second one competes for its core with torch's
-  // OpenMP workers, which keep spinning for a while after every parallel torch op.
-  if (flops < 5e7) return 1;
   const int hw = hardware_threads();
   if (requested <= 0)
     if (const char* env = std::getenv("GROKFAST_NUM_THREADS")) requested = std::atoi(env);
-  return requested > 0 ? std::min(requested, hw) : hw;
+  if (requested > 0) return std::min(requested, hw);
+  // Below ~1 ms of work one thread wins: a second one competes for its core with torch's
+  // OpenMP workers, which keep spinning for a while after every parallel torch op.
+  return flops < 5e7 ? 1 : hw;
 }
 
 // Batch rows per tile: enough tiles to feed every thread, at most 16 rows (L1-resident).
@@ -303,36 +303,46 @@ void forward_impl(const ForwardParams& p) {
 
 template <class T>
 void backward_impl(const BackwardParams& p) {
-  const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H;
-  T* dh0 = reinterpret_cast<T*>(p.dh0);
-  if (M == 0 || B == 0) return;
-  if (T_ == 0) {
-    for (int64_t i = 0; i < M * B * H; ++i)
-      dh0[i] = p.g_last ? reinterpret_cast<const T*>(p.g_last)[i] : T(0);
-    return;
-  }
+  const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H, I = p.I, O = p.O;
+  if (M == 0 || B == 0 || T_ == 0) return;  // callers handle T == 0 without a kernel
   constexpr int N = Simd<T>::N;
   const int64_t hp = round_up(H, N);
   const T* states = reinterpret_cast<const T*>(p.states);
   const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
   const T* g_all = reinterpret_cast<const T*>(p.g_all);
   const T* g_last = reinterpret_cast<const T*>(p.g_last);
+  const T* gy = reinterpret_cast<const T*>(p.gy);
+  const T* w_out = reinterpret_cast<const T*>(p.w_out);
+  const int64_t* ids = reinterpret_cast<const int64_t*>(p.ids);
   T* dz_next = reinterpret_cast<T*>(p.dz_next);
   T* dz0 = reinterpret_cast<T*>(p.dz0);
+  T* dh0 = reinterpret_cast<T*>(p.dh0);
+  T* d_bias = reinterpret_cast<T*>(p.d_bias);
+  T* d_w_ih_t = ids ? reinterpret_cast<T*>(p.d_w_ih_t) : nullptr;
+  T* d_w_out = reinterpret_cast<T*>(p.d_w_out);
+  T* d_b_out = reinterpret_cast<T*>(p.d_b_out);
+  const bool has_gy = gy && O > 0 && p.gy_mode != OutputMode::None;
 
   // dz_{t+1} (as a row) times W_hh: W_hh itself is the [K = H] x [hp] operand.
-  std::vector<std::unique_ptr<Buffer<T>>> wpad(M);
+  std::vector<std::unique_ptr<Buffer<T>>> wpad(M), wout_p(M);
   for (int64_t m = 0; m < M; ++m) {
     wpad[m] = std::make_unique<Buffer<T>>(H * hp);
     for (int64_t j = 0; j < H; ++j)
       std::memcpy(wpad[m]->data + j * hp, w_hh + (m * H + j) * H, H * sizeof(T));
+    wout_p[m] = std::make_unique<Buffer<T>>(has_gy ? O * hp : 0);
+    for (int64_t o = 0; has_gy && o < O; ++o)
+      std::memcpy(wout_p[m]->data + o * hp, w_out + (m * O + o) * H, H * sizeof(T));
   }
+  std::mutex reduce_mutex;
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * 2);
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
   parallel_for(M * tiles, threads, [&](int64_t item) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
     Buffer<T> src_a(bt * H), src_b(bt * H), init(bt * hp), z(bt * hp);
+    // This tile's share of the (b, t) sums, added to the outputs once at the end.
+    Buffer<T> bias_sum(d_bias ? H : 0), emb_sum(d_w_ih_t ? I * H : 0);
+    Buffer<T> wout_sum(d_w_out ? O * H : 0), bout_sum(d_b_out ? O : 0);
     std::vector<const T*> init_rows(bt);
     for (int64_t r = 0; r < bt; ++r) init_rows[r] = init.data + r * hp;
     T* src = src_a.data;  // dz_{t+1}; zero past the end
@@ -341,6 +351,7 @@ void backward_impl(const BackwardParams& p) {
     for (int64_t r = 0; r < rows; ++r)
       std::memset(dz_next + ((m * B + b0 + r) * T_ + T_ - 1) * H, 0, H * sizeof(T));
     for (int64_t t = T_ - 1; t >= -1; --t) {
+      const bool y_step = has_gy && t >= 0 && (p.gy_mode == OutputMode::All || t == T_ - 1);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         T* in = init.data + r * hp;
@@ -350,6 +361,14 @@ void backward_impl(const BackwardParams& p) {
           std::memset(in, 0, H * sizeof(T));
         if (t == T_ - 1 && g_last)
           for (int64_t j = 0; j < H; ++j) in[j] += g_last[(m * B + b) * H + j];
+        if (y_step) {
+          const T* g = gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
+          for (int64_t o = 0; o < O; ++o) {
+            const vec<T> go = splat(g[o]);
+            const T* wo = wout_p[m]->data + o * hp;
+            for (int64_t j = 0; j < hp; j += N) store(in + j, load(in + j) + go * load(wo + j));
+          }
+        }
       }
       gemm_tile<T>(rows, H, src, H, wm, hp, init_rows.data(), z.data, hp, Epilogue::Identity);
       for (int64_t r = 0; r < rows; ++r) {
@@ -363,9 +382,31 @@ void backward_impl(const BackwardParams& p) {
         T* d = t > 0 ? dz_next + ((m * B + b) * T_ + t - 1) * H : dz0 + (m * B + b) * H;
         for (int64_t j = 0; j < H; ++j) d[j] = zr[j] * activation_grad(p.activation, h[j]);
         std::memcpy(nxt + r * H, d, H * sizeof(T));
+        if (d_bias)
+          for (int64_t j = 0; j < H; ++j) bias_sum[j] += d[j];
+        if (d_w_ih_t) {
+          T* e = emb_sum.data + ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t] * H;
+          for (int64_t j = 0; j < H; ++j) e[j] += d[j];
+        }
+        if (y_step) {
+          const T* g = gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
+          for (int64_t o = 0; o < O; ++o) {
+            if (d_b_out) bout_sum[o] += g[o];
+            if (d_w_out)
+              for (int64_t j = 0; j < H; ++j) wout_sum[o * H + j] += g[o] * h[j];
+          }
+        }
       }
       std::swap(src, nxt);
     }
+    std::lock_guard<std::mutex> lock(reduce_mutex);
+    const auto add = [](T* dst, const T* part, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) dst[i] += part[i];
+    };
+    if (d_bias) add(d_bias + m * H, bias_sum.data, H);
+    if (d_w_ih_t) add(d_w_ih_t + m * I * H, emb_sum.data, I * H);
+    if (d_w_out) add(d_w_out + m * O * H, wout_sum.data, O * H);
+    if (d_b_out) add(d_b_out + m * O, bout_sum.data, O);
   });
 }
 

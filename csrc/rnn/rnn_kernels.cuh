@@ -19,6 +19,7 @@ namespace gf::rnn::GF_KERNEL_NS {
 
 constexpr int kMaxHidden = 256;
 constexpr int kMaxRegisterCols = 128;
+constexpr int kMaxReadoutRegs = 8;  // readout-gradient partial sums kept in registers
 
 struct KernelArgs {
   int B, T, I, H, O, hs;  // hs: row stride of the shared hidden buffers (>= KR, zero padded)
@@ -34,9 +35,18 @@ struct KernelArgs {
   OutputMode y_mode;
   float *y, *h_all, *h_last;
   // backward
-  const float *states, *g_all, *g_last;
-  float *dz_next, *dz0, *dh0;
+  const float *states, *g_all, *g_last, *gy;
+  OutputMode gy_mode;
+  float *dz_next, *dz0, *dh0, *d_bias, *d_w_ih_t, *d_w_out, *d_b_out;
 };
+
+__device__ __forceinline__ bool readout_step(const KernelArgs& a, OutputMode mode, int t) {
+  return a.O > 0 && t >= 0 && (mode == OutputMode::All || (mode == OutputMode::Last && t == a.T - 1));
+}
+
+__device__ __forceinline__ const float* readout_grad_row(const KernelArgs& a, int64_t row, int t) {
+  return a.gy + (a.gy_mode == OutputMode::All ? row * a.T + t : row) * a.O;
+}
 
 // Term added to W h_{t-1} before the activation (forward) or to W^T dz_{t+1} (backward).
 __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, int t, int j) {
@@ -45,6 +55,10 @@ __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, i
     const int64_t row = (int64_t(m) * a.B + b);
     float g = a.g_all ? a.g_all[(row * a.T + t) * a.H + j] : 0.f;
     if (a.g_last && t == a.T - 1) g += a.g_last[row * a.H + j];
+    if (a.gy && readout_step(a, a.gy_mode, t)) {
+      const float* gy = readout_grad_row(a, row, t);
+      for (int o = 0; o < a.O; ++o) g += gy[o] * a.w_out[(int64_t(m) * a.O + o) * a.H + j];
+    }
     return g;
   }
   float u = a.bias ? a.bias[int64_t(m) * a.H + j] : 0.f;
@@ -86,6 +100,10 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
   if (a.backward && own)
     for (int r = 0; r < rows; ++r)
       a.dz_next[((int64_t(m) * a.B + b0 + r) * a.T + a.T - 1) * H + j] = 0.f;
+  // Backward: this thread's share of the (b, t) sums, flushed with atomics at the end.
+  float bias_sum = 0.f, wout_sum[kMaxReadoutRegs], bout_sum[kMaxReadoutRegs];
+#pragma unroll
+  for (int o = 0; o < kMaxReadoutRegs; ++o) wout_sum[o] = bout_sum[o] = 0.f;
   float* cur = hbuf;
   float* nxt = hbuf + BT * hs;
   const int steps = a.backward ? a.T + 1 : a.T;  // the backward's extra step yields dh0
@@ -114,12 +132,30 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
           nxt[r * hs + j] = h;
           if (a.h_all) a.h_all[at] = h;
         } else if (t >= 0) {
-          const float d = acc[r] * activation_grad(a.act, a.states[at]);
+          const float h = a.states[at];
+          const float d = acc[r] * activation_grad(a.act, h);
           nxt[r * hs + j] = d;
           if (t > 0)
             a.dz_next[at - H] = d;
           else
             a.dz0[row * H + j] = d;
+          bias_sum += d;
+          if (a.d_w_ih_t) {
+            const int64_t id = a.ids[m * a.xsm + (b0 + r) * a.xsb + t * a.xst];
+            atomicAdd(a.d_w_ih_t + (int64_t(m) * a.I + id) * H + j, d);
+          }
+          if (a.gy && readout_step(a, a.gy_mode, t)) {
+            const float* gy = readout_grad_row(a, row, t);
+            for (int o = 0; o < a.O; ++o) {
+              if (o < kMaxReadoutRegs) {
+                wout_sum[o] += gy[o] * h;
+                if (j == 0) bout_sum[o] += gy[o];
+              } else {
+                if (a.d_w_out) atomicAdd(a.d_w_out + (int64_t(m) * a.O + o) * H + j, gy[o] * h);
+                if (a.d_b_out && j == 0) atomicAdd(a.d_b_out + int64_t(m) * a.O + o, gy[o]);
+              }
+            }
+          }
         } else {
           a.dh0[row * H + j] = acc[r];
         }
@@ -143,6 +179,14 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
   }
   if (!a.backward && a.h_last && own)
     for (int r = 0; r < rows; ++r) a.h_last[(int64_t(m) * a.B + b0 + r) * H + j] = cur[r * hs + j];
+  if (a.backward && own) {
+    if (a.d_bias) atomicAdd(a.d_bias + int64_t(m) * H + j, bias_sum);
+    const int regs = a.O < kMaxReadoutRegs ? a.O : kMaxReadoutRegs;
+    for (int o = 0; o < regs; ++o) {
+      if (a.d_w_out) atomicAdd(a.d_w_out + (int64_t(m) * a.O + o) * H + j, wout_sum[o]);
+      if (a.d_b_out && j == 0) atomicAdd(a.d_b_out + int64_t(m) * a.O + o, bout_sum[o]);
+    }
+  }
 }
 
 template <int KR, int BT>
@@ -234,7 +278,7 @@ inline void backward(const BackwardParams& p) {
   if (p.dtype != DType::Float32) throw std::invalid_argument("GPU kernels support float32 only");
   check_sizes(p.M, p.B, p.T, p.H);
   KernelArgs a{};
-  a.B = int(p.B); a.T = int(p.T); a.H = int(p.H);
+  a.B = int(p.B); a.T = int(p.T); a.H = int(p.H); a.I = int(p.I); a.O = int(p.O);
   a.hs = row_stride(a.H);
   a.act = p.activation;
   a.backward = true;
@@ -245,6 +289,15 @@ inline void backward(const BackwardParams& p) {
   a.g_last = reinterpret_cast<const float*>(p.g_last);
   a.dz_next = reinterpret_cast<float*>(p.dz_next);
   a.dz0 = reinterpret_cast<float*>(p.dz0);
+  a.gy = reinterpret_cast<const float*>(p.gy);
+  a.gy_mode = p.gy != 0 ? p.gy_mode : OutputMode::None;
+  a.w_out = reinterpret_cast<const float*>(p.w_out);
+  a.ids = reinterpret_cast<const int64_t*>(p.ids);
+  a.xsm = p.ids_stride_m; a.xsb = p.ids_stride_b; a.xst = p.ids_stride_t;
+  a.d_bias = reinterpret_cast<float*>(p.d_bias);
+  a.d_w_ih_t = p.ids ? reinterpret_cast<float*>(p.d_w_ih_t) : nullptr;
+  a.d_w_out = reinterpret_cast<float*>(p.d_w_out);
+  a.d_b_out = reinterpret_cast<float*>(p.d_b_out);
   a.dh0 = reinterpret_cast<float*>(p.dh0);
   run(a, p.M, reinterpret_cast<void*>(p.stream));
 }

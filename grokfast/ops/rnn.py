@@ -102,53 +102,60 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
     return _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last)
 
 
+def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
+                    want_w_ih: bool, want_w_out: bool, want_b_out: bool) -> tuple[Tensor, ...]:
+    M, B, T, H = states.shape
+    O = w_out.shape[1] if w_out is not None else 0
+    # Outputs may not alias one another, so every skipped one gets its own empty tensor.
+    sums = [states.new_zeros(shape) if want else states.new_empty(0)
+            for shape, want in (((M, H), want_bias), ((M, vocab, H), want_w_ih),
+                                ((M, O, H), want_w_out), ((M, O), want_b_out))]
+    return (torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H), *sums)
+
+
 @torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
 def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
-                    g_last: Optional[Tensor], activation: int,
-                    backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Sequential part of BPTT for states [M, B, T, H] (T >= 1), with g_all [M, B, T, H] and
-    g_last [M, B, H] the optional gradients arriving at the hidden states:
-    dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t). Returns (dz_next, dz0, dh0): dz_next[:, :, t]
-    holds dz_{t+1} (zeros at T-1), dz0 = dz_0 and dh0 = W_hh^T dz_0."""
+                    g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
+                    ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
+                    want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """BPTT for states [M, B, T, H] (T >= 1) in one pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
+    act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
+
+    Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out): dz_next[:, :, t] holds
+    dz_{t+1} (zeros at T-1), dz0 = dz_0, dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the token
+    embedding gradient (needs ids); unrequested sums are empty."""
     c = ext()
     M, B, T, H = states.shape
-    dz_next = torch.empty_like(states)
-    dz0 = states.new_empty(M, B, H)
-    dh0 = states.new_empty(M, B, H)
+    outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out)
     g_all = g_all.contiguous() if g_all is not None else None
     g_last = g_last.contiguous() if g_last is not None else None
+    gy = gy.contiguous() if gy is not None else None
     p = c.RnnBackwardParams()
-    p.M, p.B, p.T, p.H = M, B, T, H
+    p.M, p.B, p.T, p.H, p.I = M, B, T, H, vocab
+    p.O = w_out.shape[1] if w_out is not None else 0
     p.activation = c.Activation(activation)
     p.dtype = _dtype_code(states)
     p.states = _ptr(states)
     p.w_hh = _ptr(w_hh)
     p.g_all = _ptr(g_all)
     p.g_last = _ptr(g_last)
-    p.dz_next = _ptr(dz_next)
-    p.dz0 = _ptr(dz0)
-    p.dh0 = _ptr(dh0)
+    p.gy_mode = c.OutputMode(gy_mode if gy is not None else 0)
+    p.gy = _ptr(gy)
+    p.w_out = _ptr(w_out)
+    if ids is not None:
+        p.ids = _ptr(ids)
+        p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride()
+    p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out = map(_ptr, outs)
     p.stream = _stream(states)
     c.rnn_backward(p, backend)
-    return dz_next, dz0, dh0
+    return outs
 
 
 @rnn_backward_op.register_fake
-def _(states, w_hh, g_all, g_last, activation, backend):
-    M, B, T, H = states.shape
-    return torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H)
-
-
-# Token gradients: a one-hot product for small vocabularies, index_add_ beyond.
-_ONE_HOT_MAX_VOCAB = 64
-
-
-def _token_grad(dz: Tensor, ids: Tensor, vocab: int) -> Tensor:
-    """sum over rows n of dz[m, n] placed in column ids[m, n]: [M, N, H] x [M, N] -> [M, H, V]."""
-    if vocab <= _ONE_HOT_MAX_VOCAB:
-        return dz.transpose(1, 2) @ torch.nn.functional.one_hot(ids, vocab).to(dz.dtype)
-    M, _, H = dz.shape
-    return torch.stack([dz.new_zeros(vocab, H).index_add_(0, ids[m], dz[m]).t() for m in range(M)])
+def _(states, w_hh, g_all, g_last, gy, w_out, ids, vocab, activation, gy_mode, want_bias,
+      want_w_ih, want_w_out, want_b_out, backend):
+    return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out)
 
 
 def _setup_context(ctx, inputs, output):
@@ -157,6 +164,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, bias, h0, w_out, h_all)
     ctx.activation, ctx.y_mode, ctx.backend = activation, y_mode, backend
     ctx.saved_states = want_all
+    ctx.has_b_out = b_out is not None
     ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
 
 
@@ -170,52 +178,39 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     g_all = grad_h_all if grad_h_all is not None and grad_h_all.numel() > 0 else None
     g_last = grad_h_last if grad_h_last is not None and grad_h_last.numel() > 0 else None
     gy = grad_y if w_out is not None and grad_y is not None and grad_y.numel() > 0 else None
-    if gy is not None and ctx.y_mode == _Y_ALL:
-        from_y = torch.matmul(gy, w_out.unsqueeze(1))
-        g_all = from_y if g_all is None else g_all + from_y
-    elif gy is not None:
-        from_y = torch.bmm(gy, w_out)
-        g_last = from_y if g_last is None else g_last + from_y
-    if g_all is None and g_last is None:
+    if g_all is None and g_last is None and gy is None:
         return (None,) * 12
-
-    dz_next, dz0, dh0 = torch.ops.grokfast.rnn_backward(states, w_hh, g_all, g_last,
-                                                        ctx.activation, ctx.backend)
-    # dz_t for t >= 1 sits at slot t-1 of dz_next, next to h_{t-1} at slot t-1 of states.
-    flat_next = dz_next.reshape(M, B * T, H)
-    d_x = d_w_ih = d_w_hh = d_bias = d_h0 = d_w_out = d_b_out = None
+    tokens = not x.is_floating_point()
+    vocab = w_ih.shape[2]
+    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out = torch.ops.grokfast.rnn_backward(
+        states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
+        x if tokens else None, vocab, ctx.activation, ctx.y_mode,
+        needs[3] and bias is not None, needs[1] and tokens, needs[5] and gy is not None,
+        needs[6] and gy is not None and ctx.has_b_out, ctx.backend)
+    d_x = d_w_ih = d_w_hh = d_h0 = None
     if needs[2]:
-        d_w_hh = flat_next.transpose(1, 2) @ states.reshape(M, B * T, H)
+        # dz_{t+1} sits at slot t of dz_next, next to h_t at slot t of states: one GEMM.
+        d_w_hh = dz_next.reshape(M, B * T, H).transpose(1, 2) @ states.reshape(M, B * T, H)
         if h0 is not None:
             d_w_hh = d_w_hh + dz0.transpose(1, 2) @ h0
-    if needs[3] and bias is not None:
-        d_bias = dz_next.sum((1, 2)) + dz0.sum(1)
     if needs[4] and h0 is not None:
         d_h0 = dh0
-    if needs[0] or needs[1]:
+    if tokens:
+        d_w_ih = d_w_ih_t.transpose(1, 2) if needs[1] else None
+    elif needs[0] or needs[1]:
         # Pair dz_next[:, :, t] = dz_{t+1} with x_{t+1}; dz_0 with x_0 separately.
         I = w_ih.shape[2]
-        x_next = torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], 2)
-        if x.is_floating_point():
-            if needs[0]:
-                w_ih_b = w_ih.unsqueeze(1)
-                d_x = torch.cat([torch.matmul(dz0.unsqueeze(2), w_ih_b),
-                                 torch.matmul(dz_next, w_ih_b)[:, :, :-1]], 2)
-            if needs[1]:
-                d_w_ih = (flat_next.transpose(1, 2) @ x_next.reshape(M, B * T, I)
-                          + dz0.transpose(1, 2) @ x[:, :, 0])
-        elif needs[1]:
-            d_w_ih = (_token_grad(flat_next, x_next.reshape(M, B * T), I)
-                      + _token_grad(dz0, x[:, :, 0], I))
-    if gy is not None and (needs[5] or needs[6]):
-        if ctx.y_mode == _Y_ALL:
-            if needs[5]:
-                d_w_out = gy.reshape(M, B * T, -1).transpose(1, 2) @ states.reshape(M, B * T, H)
-            d_b_out = gy.sum((1, 2)) if needs[6] else None
-        else:
-            d_w_out = gy.transpose(1, 2) @ states[:, :, -1] if needs[5] else None
-            d_b_out = gy.sum(1) if needs[6] else None
-    return d_x, d_w_ih, d_w_hh, d_bias, d_h0, d_w_out, d_b_out, None, None, None, None, None
+        if needs[0]:
+            w_ih_b = w_ih.unsqueeze(1)
+            d_x = torch.cat([torch.matmul(dz0.unsqueeze(2), w_ih_b),
+                             torch.matmul(dz_next, w_ih_b)[:, :, :-1]], 2)
+        if needs[1]:
+            x_next = torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], 2)
+            d_w_ih = (dz_next.reshape(M, B * T, H).transpose(1, 2) @ x_next.reshape(M, B * T, I)
+                      + dz0.transpose(1, 2) @ x[:, :, 0])
+    keep = lambda t, need: t if need and t.numel() > 0 else None
+    return (d_x, d_w_ih, d_w_hh, keep(d_bias, needs[3]), d_h0, keep(d_w_out, needs[5]),
+            keep(d_b_out, needs[6]), None, None, None, None, None)
 
 
 torch.library.register_autograd("grokfast::rnn_forward", _backward, setup_context=_setup_context)
