@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from grokfast._ext import ext
 from grokfast.ops._validate import (as_tensor, check_choice, check_dtype, check_same_device,
@@ -54,11 +55,10 @@ def _alloc_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_out: Optional[Tensor
     return y, h_all, h_last
 
 
-@torch.library.custom_op("grokfast::rnn_forward", mutates_args=())
-def rnn_forward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
-                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
-                   activation: int, y_mode: int, want_all: bool, want_last: bool,
-                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+                  h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
+                  activation: int, y_mode: int, want_all: bool, want_last: bool,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Canonical layout, model dimension always present: x [M, B, T] ids or [M, B, T, I];
     w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O].
     Returns (y, all hidden states, last hidden state); unrequested ones are empty."""
@@ -97,6 +97,16 @@ def rnn_forward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor]
     return y, h_all, h_last
 
 
+@torch.library.custom_op("grokfast::rnn_forward", mutates_args=())
+def rnn_forward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
+                   activation: int, y_mode: int, want_all: bool, want_last: bool,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused forward as a custom op (torch.compile, opcheck); see _forward_impl."""
+    return _forward_impl(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all,
+                         want_last, backend)
+
+
 @rnn_forward_op.register_fake
 def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend):
     return _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last)
@@ -113,12 +123,11 @@ def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bi
     return (torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H), *sums)
 
 
-@torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
-def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
-                    g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
-                    ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
-                    want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
-                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
+                   g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
+                   ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
+                   want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """BPTT for states [M, B, T, H] (T >= 1) in one pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
@@ -152,6 +161,17 @@ def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     return outs
 
 
+@torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
+def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
+                    g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
+                    ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
+                    want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward as a custom op; see _backward_impl."""
+    return _backward_impl(states, w_hh, g_all, g_last, gy, w_out, ids, vocab, activation,
+                          gy_mode, want_bias, want_w_ih, want_w_out, want_b_out, backend)
+
+
 @rnn_backward_op.register_fake
 def _(states, w_hh, g_all, g_last, gy, w_out, ids, vocab, activation, gy_mode, want_bias,
       want_w_ih, want_w_out, want_b_out, backend):
@@ -166,6 +186,7 @@ def _setup_context(ctx, inputs, output):
     ctx.saved_states = want_all
     ctx.has_b_out = b_out is not None
     ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
+    ctx.backward_fn = torch.ops.grokfast.rnn_backward
 
 
 def _backward(ctx, grad_y, grad_h_all, grad_h_last):
@@ -182,7 +203,7 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         return (None,) * 12
     tokens = not x.is_floating_point()
     vocab = w_ih.shape[2]
-    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out = torch.ops.grokfast.rnn_backward(
+    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out = ctx.backward_fn(
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
         x if tokens else None, vocab, ctx.activation, ctx.y_mode,
         needs[3] and bias is not None, needs[1] and tokens, needs[5] and gy is not None,
@@ -214,6 +235,31 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
 
 
 torch.library.register_autograd("grokfast::rnn_forward", _backward, setup_context=_setup_context)
+
+
+class _EagerRNN(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, whose Python overhead is
+    comparable to a whole short recurrence; used only for plain tensors outside tracing."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        outputs = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, outputs)
+        ctx.backward_fn = _backward_impl
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
+
+
+def _plain_eager(tensors) -> bool:
+    """True when no compiler, mode or tensor subclass would need to see the op itself."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(t is None or (type(t) in (Tensor, torch.nn.Parameter)
+                             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+               for t in tensors)
 
 
 def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
@@ -325,14 +371,19 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
     floats = (x, w_ih, w_hh, bias, h0, w_out, b_out)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in floats)
-    y, h_all, h_last = torch.ops.grokfast.rnn_forward(
-        x, w_ih.contiguous(), w_hh.contiguous(),
-        bias.contiguous() if bias is not None else None,
-        h0.contiguous() if h0 is not None else None,
-        w_out.contiguous() if w_out is not None else None,
-        b_out.contiguous() if b_out is not None else None,
-        _ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
-        hidden == "all" or need_grad, hidden == "last", backend)
+    args = (x, w_ih.contiguous(), w_hh.contiguous(),
+            bias.contiguous() if bias is not None else None,
+            h0.contiguous() if h0 is not None else None,
+            w_out.contiguous() if w_out is not None else None,
+            b_out.contiguous() if b_out is not None else None,
+            _ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
+            hidden == "all" or need_grad, hidden == "last", backend)
+    if not _plain_eager(floats):
+        y, h_all, h_last = torch.ops.grokfast.rnn_forward(*args)
+    elif need_grad:
+        y, h_all, h_last = _EagerRNN.apply(*args)
+    else:
+        y, h_all, h_last = _forward_impl(*args)
     h = {"all": h_all, "last": h_last, "none": None}[hidden]
     return _strip(RNNOutput(y if w_out is not None else None, h), batched)
 
