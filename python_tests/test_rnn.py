@@ -1,5 +1,7 @@
 """grokfast.ops.rnn and grokfast.nn.ElmanRNN against grokfast.ref and torch.nn.RNN."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -382,6 +384,8 @@ def test_backends_report():
     for key in ("cpu", "cuda", "cuda_compiled", "cuda_emulated"):
         assert isinstance(info[key], bool)
     assert info["cpu"] and info["cuda_emulated"]
+    if os.environ.get("GROKFAST_CUDA") == "ON":  # .ci/run sets it whenever nvcc is present
+        assert info["cuda_compiled"], "GROKFAST_CUDA=ON but the CUDA kernels were not built"
     if not info["cuda_compiled"]:
         assert info["cuda"] is False
 
