@@ -134,7 +134,7 @@ template <class T, int MR>
 void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
-  constexpr int NB = MR <= 2 ? 8 : 4;  // accumulators + weight vectors fit the 32 registers
+  constexpr int NB = MR <= 2 ? 8 : 4;  // MR * NB accumulators + NB weights fit 32 registers
   const int64_t nvec = hp / N;
   for (int64_t c = 0; c < nvec; c += NB) {
     const int64_t col = c * N;
@@ -150,17 +150,20 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
   }
 }
 
-// A tile of rows times [K x hp] weights, in blocks of up to 4 rows; init[r] points at row r's
-// starting value (hp wide, zero padded), so bias and embedding rows are read in place.
+// A tile of rows times [K x hp] weights, in blocks of up to 6 rows (each weight vector loaded
+// once per 6 rows); init[r] points at row r's starting value (hp wide, zero padded), so bias
+// and embedding rows are read in place.
 template <class T>
 void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4)
-    gemm_rows<T, 4>(K, src + r * src_ld, src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
+  for (; r + 6 <= rows; r += 6)
+    gemm_rows<T, 6>(K, src + r * src_ld, src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
   const T* s = src + r * src_ld;
   T* o = out + r * out_ld;
   switch (rows - r) {
+    case 5: gemm_rows<T, 5>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 4: gemm_rows<T, 4>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
     case 3: gemm_rows<T, 3>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
     case 2: gemm_rows<T, 2>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
     case 1: gemm_rows<T, 1>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
@@ -201,10 +204,14 @@ int thread_count(int requested, double flops) {
   return flops < 5e7 ? 1 : hw;
 }
 
-// Batch rows per tile: enough tiles to feed every thread, at most 16 rows (L1-resident).
+// Batch rows per tile: at most 12 (the tile's states stay in L1), with a tile count
+// that splits evenly over the threads.
 int64_t tile_rows(int64_t M, int64_t B, int threads) {
-  int64_t tiles_per_model = std::max<int64_t>(1, (threads + M - 1) / M);
-  return std::clamp<int64_t>((B + tiles_per_model - 1) / tiles_per_model, 1, 16);
+  constexpr int64_t max_rows = 12;  // two 6-row register blocks
+  int64_t tiles = std::max<int64_t>((B + max_rows - 1) / max_rows, 1) * M;
+  tiles = (tiles + threads - 1) / threads * threads;
+  const int64_t per_model = std::max<int64_t>(1, tiles / M);
+  return std::clamp<int64_t>((B + per_model - 1) / per_model, 1, max_rows);
 }
 
 template <class T>
