@@ -387,13 +387,18 @@ void backward_impl(const BackwardParams& p) {
         }
         const T* h = states + ((m * B + b) * T_ + t) * H;
         T* d = t > 0 ? dz_next + ((m * B + b) * T_ + t - 1) * H : dz0 + (m * B + b) * H;
-        for (int64_t j = 0; j < H; ++j) d[j] = zr[j] * activation_grad(p.activation, h[j]);
-        std::memcpy(nxt + r * H, d, H * sizeof(T));
+        T* d_keep = nxt + r * H;
+        // One loop per activation (a constant argument), so the compiler vectorises it.
+        if (p.activation == Activation::Relu)
+          for (int64_t j = 0; j < H; ++j) d_keep[j] = zr[j] * activation_grad(Activation::Relu, h[j]);
+        else
+          for (int64_t j = 0; j < H; ++j) d_keep[j] = zr[j] * activation_grad(Activation::Tanh, h[j]);
+        std::memcpy(d, d_keep, H * sizeof(T));
         if (d_bias)
-          for (int64_t j = 0; j < H; ++j) bias_sum[j] += d[j];
+          for (int64_t j = 0; j < H; ++j) bias_sum[j] += d_keep[j];
         if (d_w_ih_t) {
           T* e = emb_sum.data + ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t] * H;
-          for (int64_t j = 0; j < H; ++j) e[j] += d[j];
+          for (int64_t j = 0; j < H; ++j) e[j] += d_keep[j];
         }
         if (y_step) {
           const T* g = gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
