@@ -73,7 +73,7 @@ __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, i
 }
 
 template <int KR, int BT>
-__global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
+__global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a) {
   GF_DYNAMIC_SHARED(float, smem);
   const int j = threadIdx.x, nt = blockDim.x, m = blockIdx.y;
   const int b0 = blockIdx.x * BT;
@@ -124,7 +124,9 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
       for (int r = 0; r < BT; ++r) acc[r] += wk * cur[r * hs + k];
     }
     if (own) {
-      for (int r = 0; r < rows; ++r) {
+#pragma unroll
+      for (int r = 0; r < BT; ++r) {  // static bound: acc stays in registers
+        if (r >= rows) break;
         const int64_t row = int64_t(m) * a.B + b0 + r;
         const int64_t at = (row * a.T + t) * H + j;
         if (!a.backward) {
@@ -146,14 +148,16 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
           }
           if (a.gy && readout_step(a, a.gy_mode, t)) {
             const float* gy = readout_grad_row(a, row, t);
-            for (int o = 0; o < a.O; ++o) {
-              if (o < kMaxReadoutRegs) {
+#pragma unroll
+            for (int o = 0; o < kMaxReadoutRegs; ++o) {  // static indices: registers
+              if (o < a.O) {
                 wout_sum[o] += gy[o] * h;
                 if (j == 0) bout_sum[o] += gy[o];
-              } else {
-                if (a.d_w_out) atomicAdd(a.d_w_out + (int64_t(m) * a.O + o) * H + j, gy[o] * h);
-                if (a.d_b_out && j == 0) atomicAdd(a.d_b_out + int64_t(m) * a.O + o, gy[o]);
               }
+            }
+            for (int o = kMaxReadoutRegs; o < a.O; ++o) {
+              if (a.d_w_out) atomicAdd(a.d_w_out + (int64_t(m) * a.O + o) * H + j, gy[o] * h);
+              if (a.d_b_out && j == 0) atomicAdd(a.d_b_out + int64_t(m) * a.O + o, gy[o]);
             }
           }
         } else {
@@ -181,8 +185,9 @@ __global__ void __launch_bounds__(kMaxHidden) recurrence_kernel(KernelArgs a) {
     for (int r = 0; r < rows; ++r) a.h_last[(int64_t(m) * a.B + b0 + r) * H + j] = cur[r * hs + j];
   if (a.backward && own) {
     if (a.d_bias) atomicAdd(a.d_bias + int64_t(m) * H + j, bias_sum);
-    const int regs = a.O < kMaxReadoutRegs ? a.O : kMaxReadoutRegs;
-    for (int o = 0; o < regs; ++o) {
+#pragma unroll
+    for (int o = 0; o < kMaxReadoutRegs; ++o) {
+      if (o >= a.O) break;
       if (a.d_w_out) atomicAdd(a.d_w_out + (int64_t(m) * a.O + o) * H + j, wout_sum[o]);
       if (a.d_b_out && j == 0) atomicAdd(a.d_b_out + int64_t(m) * a.O + o, bout_sum[o]);
     }
