@@ -109,19 +109,32 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
   const int steps = a.backward ? a.T + 1 : a.T;  // the backward's extra step yields dh0
   for (int s = 0; s < steps; ++s) {
     const int t = a.backward ? a.T - 1 - s : s;
-    float acc[BT];
+    // CH independent partial sums per row: a step is one dependent FMA chain, so with few
+    // rows the chain's latency, not throughput, sets the time per step.
+    constexpr int CH = BT >= 4 ? 1 : 4 / BT;
+    float part[BT][CH];
 #pragma unroll
-    for (int r = 0; r < BT; ++r) acc[r] = (own && r < rows) ? step_input(a, m, b0 + r, t, j) : 0.f;
+    for (int r = 0; r < BT; ++r)
+#pragma unroll
+      for (int c = 0; c < CH; ++c)
+        part[r][c] = (c == 0 && own && r < rows) ? step_input(a, m, b0 + r, t, j) : 0.f;
 #pragma unroll
     for (int k = 0; k < KR; ++k) {
       const float wk = wr[k];
 #pragma unroll
-      for (int r = 0; r < BT; ++r) acc[r] += wk * cur[r * hs + k];
+      for (int r = 0; r < BT; ++r) part[r][k % CH] += wk * cur[r * hs + k];
     }
     for (int k = KR; k < H; ++k) {
       const float wk = w_smem[(k - KR) * nt + j];
 #pragma unroll
-      for (int r = 0; r < BT; ++r) acc[r] += wk * cur[r * hs + k];
+      for (int r = 0; r < BT; ++r) part[r][0] += wk * cur[r * hs + k];
+    }
+    float acc[BT];
+#pragma unroll
+    for (int r = 0; r < BT; ++r) {
+      acc[r] = part[r][0];
+#pragma unroll
+      for (int c = 1; c < CH; ++c) acc[r] += part[r][c];
     }
     if (own) {
 #pragma unroll
@@ -171,8 +184,17 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
       for (int p = j; p < rows * a.O; p += nt) {
         const int r = p / a.O, o = p % a.O;
         const float* wo = a.w_out + (int64_t(m) * a.O + o) * H;
-        float sum = a.b_out ? a.b_out[int64_t(m) * a.O + o] : 0.f;
-        for (int k = 0; k < H; ++k) sum += wo[k] * nxt[r * hs + k];
+        const float* hr = nxt + r * hs;
+        float s0 = a.b_out ? a.b_out[int64_t(m) * a.O + o] : 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        int k = 0;
+        for (; k + 4 <= H; k += 4) {  // four chains, as above
+          s0 += wo[k] * hr[k];
+          s1 += wo[k + 1] * hr[k + 1];
+          s2 += wo[k + 2] * hr[k + 2];
+          s3 += wo[k + 3] * hr[k + 3];
+        }
+        for (; k < H; ++k) s0 += wo[k] * hr[k];
+        const float sum = (s0 + s1) + (s2 + s3);
         const int64_t row = int64_t(m) * a.B + b0 + r;
         a.y[(a.y_mode == OutputMode::All ? row * a.T + t : row) * a.O + o] = sum;
       }
