@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "pairs/pairs.h"
 #include "rnn/rnn.h"
 
 #ifdef GROKFAST_WITH_CUDA
@@ -139,6 +140,70 @@ PYBIND11_MODULE(_C, m) {
                                   GF_CUDA_OR_NULL(&rnn::backward_cuda));
   });
   m.def("rnn_max_hidden_gpu", &rnn::max_hidden_gpu_kernel);
+
+  // Pair kernels (csrc/pairs): components, assign, count.
+  py::class_<pairs::Points>(m, "PairsPoints")
+      .def(py::init<>())
+      .def_readwrite("data", &pairs::Points::data)
+      .def_readwrite("n", &pairs::Points::n)
+      .def_readwrite("d", &pairs::Points::d)
+      .def_readwrite("stride_n", &pairs::Points::stride_n)
+      .def_readwrite("stride_d", &pairs::Points::stride_d);
+  py::class_<pairs::ComponentsParams>(m, "PairsComponentsParams")
+      .def(py::init<>())
+      .def_readwrite("x", &pairs::ComponentsParams::x)
+      .def_readwrite("eps", &pairs::ComponentsParams::eps)
+      .def_readwrite("labels", &pairs::ComponentsParams::labels)
+      .def_readwrite("workspace", &pairs::ComponentsParams::workspace)
+      .def_readwrite("workspace_bytes", &pairs::ComponentsParams::workspace_bytes)
+      .def_readwrite("stats", &pairs::ComponentsParams::stats)
+      .def_readwrite("stream", &pairs::ComponentsParams::stream)
+      .def_readwrite("num_threads", &pairs::ComponentsParams::num_threads);
+  py::class_<pairs::AssignParams>(m, "PairsAssignParams")
+      .def(py::init<>())
+      .def_readwrite("x", &pairs::AssignParams::x)
+      .def_readwrite("centers", &pairs::AssignParams::centers)
+      .def_readwrite("eps", &pairs::AssignParams::eps)
+      .def_readwrite("index", &pairs::AssignParams::index)
+      .def_readwrite("distance", &pairs::AssignParams::distance)
+      .def_readwrite("workspace", &pairs::AssignParams::workspace)
+      .def_readwrite("workspace_bytes", &pairs::AssignParams::workspace_bytes)
+      .def_readwrite("stats", &pairs::AssignParams::stats)
+      .def_readwrite("stream", &pairs::AssignParams::stream)
+      .def_readwrite("num_threads", &pairs::AssignParams::num_threads);
+  py::class_<pairs::CountParams>(m, "PairsCountParams")
+      .def(py::init<>())
+      .def_readwrite("x", &pairs::CountParams::x)
+      .def_readwrite("R", &pairs::CountParams::R)
+      .def_readwrite("radii", &pairs::CountParams::radii)
+      .def_readwrite("groups", &pairs::CountParams::groups)
+      .def_readwrite("groups_stride", &pairs::CountParams::groups_stride)
+      .def_readwrite("counts", &pairs::CountParams::counts)
+      .def_readwrite("counts_same", &pairs::CountParams::counts_same)
+      .def_readwrite("workspace", &pairs::CountParams::workspace)
+      .def_readwrite("workspace_bytes", &pairs::CountParams::workspace_bytes)
+      .def_readwrite("stats", &pairs::CountParams::stats)
+      .def_readwrite("stream", &pairs::CountParams::stream)
+      .def_readwrite("num_threads", &pairs::CountParams::num_threads);
+  m.attr("pairs_num_stats") = int(pairs::kStats);
+  m.attr("pairs_max_points_gpu") = pairs::kMaxPointsGpu;
+  m.attr("pairs_max_radii_gpu") = pairs::kMaxRadiiGpu;
+  m.def("pairs_components", [](const pairs::ComponentsParams& p, const std::string& backend) {
+    dispatch<pairs::ComponentsParams>(p, backend, &pairs::components_cpu, &pairs::components_emulated,
+                                      GF_CUDA_OR_NULL(&pairs::components_cuda));
+  });
+  m.def("pairs_assign", [](const pairs::AssignParams& p, const std::string& backend) {
+    dispatch<pairs::AssignParams>(p, backend, &pairs::assign_cpu, &pairs::assign_emulated,
+                                  GF_CUDA_OR_NULL(&pairs::assign_cuda));
+  });
+  m.def("pairs_count", [](const pairs::CountParams& p, const std::string& backend) {
+    dispatch<pairs::CountParams>(p, backend, &pairs::count_cpu, &pairs::count_emulated,
+                                 GF_CUDA_OR_NULL(&pairs::count_cuda));
+  });
+  // Workspace bytes the GPU backends need (0 is enough for the CPU backend).
+  m.def("pairs_components_workspace", &pairs::components_workspace_bytes);
+  m.def("pairs_assign_workspace", &pairs::assign_workspace_bytes);
+  m.def("pairs_count_workspace", &pairs::count_workspace_bytes);
   m.def("cuda_device_count", &cuda_device_count);
 #ifdef GROKFAST_WITH_CUDA
   m.attr("cuda_compiled") = true;

@@ -38,3 +38,110 @@ def rnn(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor] = None,
         if b_out is not None:
             y = y + b_out
     return hs, y
+
+
+# ----------------------------------------------------------------------------------------------
+# Pair kernels (grokfast.pairs). A pair (i, j) is within radius r iff the float64 evaluation of
+# sum_k (x_ik - x_jk)^2 is <= r * r: exact distances of the float32 inputs, no GEMM expansion.
+# Memory is O(chunk * N), time O(N^2 D): for tests and small N.
+
+_PAIR_CHUNK = 256
+
+
+def _points64(X) -> Tensor:
+    x = torch.as_tensor(X).detach().cpu()
+    if x.dim() != 2:
+        raise ValueError(f"X: expected [N, D] points, got shape {tuple(x.shape)}")
+    return x.to(torch.float64)
+
+
+def _sq_dists64(a: Tensor, b: Tensor) -> Tensor:
+    """Exact-input float64 squared distances [len(a), len(b)] (direct differences)."""
+    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+
+def _within_pairs(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """All pairs i < j with d2 <= eps * eps, as two index tensors."""
+    eps2 = float(eps) * float(eps)
+    rows, cols = [], []
+    n = x.shape[0]
+    for i0 in range(0, n, _PAIR_CHUNK):
+        d2 = _sq_dists64(x[i0:i0 + _PAIR_CHUNK], x)
+        i, j = torch.nonzero(d2 <= eps2, as_tuple=True)
+        i = i + i0
+        keep = j > i
+        rows.append(i[keep])
+        cols.append(j[keep])
+    if not rows:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(rows), torch.cat(cols)
+
+
+def components_reference(X, eps: float) -> Tensor:
+    """Connected components of the eps-graph (|x_i - x_j| <= eps, transitively), numbered by
+    first appearance; int64 [N]. Min-label propagation with pointer jumping over the edge list
+    (each label is the smallest index of its component)."""
+    x = _points64(X)
+    n = x.shape[0]
+    lab = torch.arange(n)
+    if n == 0:
+        return lab
+    i, j = _within_pairs(x, eps)
+    while True:
+        new = lab.clone()
+        new.scatter_reduce_(0, i, lab[j], "amin")
+        new.scatter_reduce_(0, j, lab[i], "amin")
+        while True:  # pointer jumping: a label is a point of the same component
+            jumped = new[new]
+            if torch.equal(jumped, new):
+                break
+            new = jumped
+        if torch.equal(new, lab):
+            break
+        lab = new
+    return torch.unique(lab, return_inverse=True)[1]  # roots ascending = first appearance
+
+
+def assign_reference(X, centers, eps: float) -> tuple[Tensor, Tensor]:
+    """(index int64 [N], distance float32 [N]): nearest center with distance <= eps (ties: the
+    lowest index), -1 and +inf where none."""
+    x, c = _points64(X), _points64(centers)
+    n = x.shape[0]
+    eps2 = float(eps) * float(eps)
+    index = torch.full((n,), -1, dtype=torch.int64)
+    distance = torch.full((n,), float("inf"), dtype=torch.float32)
+    if n == 0 or c.shape[0] == 0:
+        return index, distance
+    for i0 in range(0, n, _PAIR_CHUNK):
+        d2 = _sq_dists64(x[i0:i0 + _PAIR_CHUNK], c)
+        within = d2 <= eps2
+        best, arg = torch.where(within, d2, float("inf")).min(1)  # first minimum: lowest index
+        found = within.any(1)
+        index[i0:i0 + _PAIR_CHUNK] = torch.where(found, arg, torch.full_like(arg, -1))
+        inf = torch.full_like(best, float("inf"))
+        distance[i0:i0 + _PAIR_CHUNK] = torch.where(found, best.sqrt(), inf).float()
+    return index, distance
+
+
+def count_pairs_reference(X, eps, groups=None) -> Tensor:
+    """Pairs i < j with |x_i - x_j| <= eps for each radius; same return convention as
+    grokfast.pairs.count_pairs: [R] or [] without groups, [R, 2] or [2] (same group, different
+    groups) with groups."""
+    x = _points64(X)
+    scalar = not isinstance(eps, (list, tuple)) and torch.as_tensor(eps).dim() == 0
+    radii = [float(r) for r in torch.as_tensor(eps, dtype=torch.float64).reshape(-1).tolist()]
+    g = None if groups is None else torch.as_tensor(groups).cpu().to(torch.int64)
+    n = x.shape[0]
+    total = torch.zeros(len(radii), dtype=torch.int64)
+    same = torch.zeros(len(radii), dtype=torch.int64)
+    for i0 in range(0, n, _PAIR_CHUNK):
+        d2 = _sq_dists64(x[i0:i0 + _PAIR_CHUNK], x)
+        upper = torch.arange(n)[None, :] > torch.arange(i0, i0 + d2.shape[0])[:, None]
+        eq = (g[i0:i0 + d2.shape[0], None] == g[None, :]) if g is not None else None
+        for k, r in enumerate(radii):
+            within = (d2 <= r * r) & upper
+            total[k] += int(within.sum())
+            if eq is not None:
+                same[k] += int((within & eq).sum())
+    out = total if g is None else torch.stack([same, total - same], 1)
+    return out[0] if scalar else out
