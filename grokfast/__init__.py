@@ -1,7 +1,9 @@
 """grokfast: fast kernels and tools for studying how neural networks learn algorithms."""
 
 from grokfast._ext import ExtensionUnavailableError, backends
-from grokfast import ops, nn, ref
+from grokfast import ops, nn, pairs, ref
+from grokfast import automata, tasks, models, train
 
 __version__ = "0.1.0"
-__all__ = ["ExtensionUnavailableError", "backends", "nn", "ops", "ref", "__version__"]
+__all__ = ["ExtensionUnavailableError", "automata", "backends", "models", "nn", "ops", "pairs",
+           "ref", "tasks", "train", "__version__"]

@@ -1,0 +1,138 @@
+"""The ``grokfast`` command: one subcommand per experiment (``grokfast parity ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import Callable, Optional, Sequence
+
+from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, ParityConfig, default_out,
+                                         format_summary, load_config, run_parity)
+
+
+def _lengths(text: str) -> list[int]:
+    """'25,50' or '25' -> [25, 50]; the option also takes several space-separated values."""
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, "
+                                         f"got {text!r}") from None
+
+
+def _add_parity(sub: argparse._SubParsersAction) -> None:
+    d = ParityConfig()
+    p = sub.add_parser(
+        "parity", help="train an Elman RNN on streaming parity, evaluate up to length 10,000",
+        description="Train an Elman RNN on every binary sequence of lengths 1..max-length "
+                    "(streaming parity: output the XOR of the bits so far) and evaluate it on "
+                    "random sequences up to length 10,000 every epoch. Writes a run directory: "
+                    "config.json, metrics.jsonl, checkpoints/, summary.json, figures/.",
+        argument_default=argparse.SUPPRESS)  # only flags given on the command line are set
+    g = p.add_argument_group("task")
+    g.add_argument("--max-length", type=int, metavar="L",
+                   help=f"train on every sequence of lengths 1..L (default {d.max_length})")
+    g.add_argument("--train-fraction", type=float, metavar="F",
+                   help="per length, keep a Binomial(2^len, F) random subset, at least one "
+                        f"sequence; F in (0, 1] (default {d.train_fraction})")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=int, metavar="H", help=f"hidden units (default {d.hidden})")
+    g.add_argument("--activation", choices=("relu", "tanh"),
+                   help=f"(default {d.activation})")
+    g.add_argument("--init-scale", type=float, metavar="G",
+                   help="xavier-normal gain of every weight matrix, readout included "
+                        f"(default {d.init_scale})")
+    g.add_argument("--learn-h0", action="store_true",
+                   help="learn the initial hidden state (default: fixed, all ones)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, metavar="N", help=f"(default {d.epochs})")
+    g.add_argument("--seed", type=int, metavar="S",
+                   help=f"seeds init, shuffling, data subset and evaluation set (default {d.seed})")
+    g.add_argument("--lr", type=float, help=f"SGD learning rate (default {d.lr})")
+    g.add_argument("--bias-lr-scale", type=float, metavar="K",
+                   help="learning-rate multiplier of the recurrent bias; 2 matches torch.nn.RNN, "
+                        "whose two biases b_ih and b_hh each take a full step "
+                        f"(default {d.bias_lr_scale})")
+    g.add_argument("--batch-size", type=int, metavar="B", help=f"(default {d.batch_size})")
+    g.add_argument("--loss", choices=("mse", "ce"),
+                   help=f"mse on one-hot targets or cross-entropy (default {d.loss})")
+    g.add_argument("--loss-on", choices=("last", "all"),
+                   help=f"steps of each training sequence the loss sees (default {d.loss_on})")
+    g.add_argument("--device", metavar="DEV", help=f"cpu, cuda or cuda:N (default {d.device})")
+    g.add_argument("--dtype", choices=("float32", "float64"), help=f"(default {d.dtype})")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"evaluate every N epochs and at the last (default {d.eval_every})")
+    g.add_argument("--eval-lengths", type=_lengths, nargs="+", metavar="T",
+                   help="evaluation lengths (default "
+                        f"{' '.join(map(str, DEFAULT_EVAL_LENGTHS))})")
+    g.add_argument("--eval-count", type=int, metavar="N",
+                   help=f"random sequences per evaluation length (default {d.eval_count})")
+    g = p.add_argument_group("run directory")
+    g.add_argument("--out", metavar="DIR",
+                   help="run directory (default: a fresh folder under runs/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (or extend it "
+                        "with a larger --epochs); other settings come from its config.json")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help=f"(default {d.checkpoint_every})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_parity, parser=p)
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    given = {f.name: getattr(args, f.name) for f in fields(ParityConfig) if hasattr(args, f.name)}
+    if "eval_lengths" in given:
+        given["eval_lengths"] = tuple(n for group in given["eval_lengths"] for n in group)
+    resume = getattr(args, "resume", False)
+    out = getattr(args, "out", None)
+    try:
+        if resume:
+            if out is None:
+                parser.error("--resume: needs --out DIR, the run directory to continue")
+            base = load_config(out).to_dict()
+            base.update(given)
+            config = ParityConfig.from_dict(base)
+        else:
+            config = ParityConfig(**given)
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if out is None:
+        out = default_out(config.seed)
+    print(f"run directory: {out}", file=sys.stderr)
+    try:
+        summary = run_parity(config, out, resume=resume,
+                             progress=not getattr(args, "no_progress", False))
+    except ValueError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: grokfast parity --resume --out {out}",
+              file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grokfast", description="Experiments on how neural networks learn algorithms.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_parity(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``grokfast`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except SystemExit as exc:  # argparse errors (2) and --help (0)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""The streaming-parity experiment (van Rossem & Saxe, 2025): an Elman RNN trained on every
+binary sequence up to length 10 and evaluated on random sequences up to length 10,000.
+
+Protocol (defaults of the paper's public code, each a ParityConfig field and a CLI flag): one-hot
+input over {0, 1} read as token ids; ReLU Elman RNN, 100 units, linear readout to 2 outputs;
+weight_ih, weight_hh and readout weight xavier-normal with gain 0.1, zero biases, h0 = ones; MSE
+on one-hot targets at the last step of each sequence; plain SGD, lr 0.02 (the recurrent bias at
+lr x 2, as nn.RNN's b_ih + b_hh move), batches of 128 from one shuffled pass per length,
+lengths ascending, 1000 epochs. Every epoch: loss (the training loss, over every step) and
+accuracy (argmax of the readout equals the target, over every step of every sequence) on 10
+random sequences at each of 25 ... 10,000 steps, fixed for the run, evaluated without
+materialising hidden states. The run "generalized" at the first epoch whose accuracy is 1.0 at
+every evaluation length. The seed fixes the initial weights, the batch order, the training
+subset (train_fraction < 1) and the evaluation sequences; on the CPU a seed gives identical
+metrics run after run.
+
+Run directory::
+
+    config.json     the ParityConfig (plus "experiment" and the grokfast version)
+    metrics.jsonl   one line per epoch: train loss/accuracy, loss and accuracy per evaluation
+                    length (keys are lengths as strings), epoch and cumulative wall seconds
+    checkpoints/    epoch_NNNNNN.pt every checkpoint_every epochs, at epoch 0 and at the end;
+                    final.pt (the last state)
+    summary.json    epochs, generalized_epoch, accuracy/loss per length at the end, wall_seconds
+    figures/        loss.png and accuracy.png against epoch, one curve per evaluation length
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from grokfast._ext import backends
+from grokfast.models import SequenceRNN
+from grokfast.ops.rnn import ACTIVATIONS, MAX_HIDDEN_GPU
+from grokfast.tasks import StreamingParity
+from grokfast.train import (LOSS_ON, LOSSES, MetricsWriter, atomic_write_text,
+                            capture_rng_state, count_parameters, epoch_checkpoint_path, evaluate,
+                            list_checkpoints, load_checkpoint, make_generator, restore_rng_state,
+                            save_checkpoint, train_epoch)
+
+PathLike = Union[str, os.PathLike]
+DEFAULT_EVAL_LENGTHS = (25, 50, 100, 250, 1000, 2500, 10000)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# What a resumed run may change: none of these alters the trajectory on the CPU.
+RESUMABLE = ("epochs", "device", "checkpoint_every")
+_META_KEYS = ("experiment", "grokfast_version")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field (hidden -> --hidden, loss_on -> --loss-on)."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class ParityConfig:
+    """Every setting of a streaming-parity run; defaults follow the paper's public code.
+
+    Each field is the command-line flag of the same name (``flag(name)``); ``validate``
+    raises ValueError naming the flag.
+    """
+
+    epochs: int = 1000
+    seed: int = 0
+    max_length: int = 10          # train on every sequence of lengths 1..max_length
+    train_fraction: float = 1.0   # per length, keep a Binomial(2^len, f) subset (at least 1)
+    hidden: int = 100
+    activation: str = "relu"
+    init_scale: float = 0.1       # xavier-normal gain G of weight_ih, weight_hh, readout
+    learn_h0: bool = False        # h0 = ones, fixed unless learnt
+    loss: str = "mse"             # mse on one-hot targets, or ce
+    loss_on: str = "last"         # last step of each sequence, or all steps
+    lr: float = 0.02              # plain SGD
+    bias_lr_scale: float = 2.0    # recurrent bias lr multiplier: 2 = nn.RNN's b_ih + b_hh
+    batch_size: int = 128
+    eval_every: int = 1
+    eval_lengths: tuple[int, ...] = DEFAULT_EVAL_LENGTHS
+    eval_count: int = 10          # random sequences per evaluation length
+    checkpoint_every: int = 100
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_lengths, list):
+            self.eval_lengths = tuple(self.eval_lengths)
+
+    def validate(self) -> "ParityConfig":
+        """Raise ValueError (naming the flag) for any bad setting; returns self."""
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"{flag(name)}: expected {expected}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "hidden", "batch_size", "eval_every", "eval_count",
+                     "checkpoint_every"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        if not _is_int(self.max_length) or self.max_length < 1:
+            raise bad("max_length", "a sequence length >= 1")
+        if self.max_length > 20:
+            raise bad("max_length", "at most 20 (2^L sequences of every length are enumerated)")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "a non-negative integer")
+        if not _is_real(self.train_fraction) or not 0 < self.train_fraction <= 1:
+            raise bad("train_fraction", "a fraction in (0, 1]")
+        for name in ("init_scale", "lr"):
+            if not _is_real(getattr(self, name)) or getattr(self, name) <= 0:
+                raise bad(name, "a positive number")
+        if not _is_real(self.bias_lr_scale) or self.bias_lr_scale < 0:
+            raise bad("bias_lr_scale", "a non-negative number")
+        if not isinstance(self.learn_h0, bool):
+            raise bad("learn_h0", "True or False")
+        for name, choices in (("activation", ACTIVATIONS), ("loss", LOSSES),
+                              ("loss_on", LOSS_ON), ("dtype", tuple(DTYPES))):
+            if getattr(self, name) not in choices:
+                raise bad(name, "one of " + ", ".join(choices))
+        lengths = self.eval_lengths
+        if not isinstance(lengths, tuple) or not lengths:
+            raise bad("eval_lengths", "one or more sequence lengths")
+        for n in lengths:
+            if not _is_int(n) or n < 1:
+                raise ValueError(f"{flag('eval_lengths')}: sequence lengths must be integers "
+                                 f">= 1, got {n!r}")
+        if len(set(lengths)) != len(lengths):
+            raise bad("eval_lengths", "distinct lengths")
+        self._validate_device()
+        return self
+
+    def _validate_device(self) -> None:
+        dev = self.device
+        try:
+            parsed = torch.device(dev) if isinstance(dev, str) else None
+        except RuntimeError:
+            parsed = None
+        if parsed is None or parsed.type not in ("cpu", "cuda") or dev.startswith("cpu:"):
+            raise ValueError(f"{flag('device')}: expected 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+        if parsed.type == "cuda":
+            if not (backends()["cuda"] and torch.cuda.is_available()):
+                raise ValueError(f"{flag('device')}: {dev!r} is not usable here (no GPU visible, "
+                                 "or grokfast was built without CUDA kernels); use --device cpu")
+            if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+                raise ValueError(f"{flag('device')}: {dev!r} does not exist "
+                                 f"({torch.cuda.device_count()} GPU(s) visible)")
+            if self.dtype != "float32":
+                raise ValueError(f"{flag('dtype')}: the CUDA kernels are float32 only, got "
+                                 f"{self.dtype!r} with --device {dev}")
+            if self.hidden > MAX_HIDDEN_GPU:
+                raise ValueError(f"{flag('hidden')}: at most {MAX_HIDDEN_GPU} on CUDA, "
+                                 f"got {self.hidden}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eval_lengths"] = list(self.eval_lengths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ParityConfig":
+        """Inverse of to_dict; ignores the metadata keys of config.json, rejects others."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - set(_META_KEYS))
+        if unknown:
+            raise ValueError(f"config: unknown setting(s) {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def default_out(seed: int, root: PathLike = "runs") -> Path:
+    """A fresh folder name under ``root``: parity-<date>-<time>-seed<seed>."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"parity-{stamp}-seed{seed}"
+    out, i = base, 1
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+def _holds_run(out: Path) -> bool:
+    return any((out / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints"))
+
+
+def load_config(out: PathLike) -> ParityConfig:
+    """The config of the run in ``out`` (its config.json)."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--out: {out} holds no run to resume (no config.json)")
+    return ParityConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _check_resume(stored: ParityConfig, given: ParityConfig) -> None:
+    for f in fields(ParityConfig):
+        a, b = getattr(stored, f.name), getattr(given, f.name)
+        if a != b and f.name not in RESUMABLE:
+            raise ValueError(f"{flag(f.name)}: a resumed run keeps the setting in its "
+                             f"config.json ({a!r}); got {b!r}. Only "
+                             f"{', '.join(flag(n) for n in RESUMABLE)} may change")
+
+
+def _generalized_epoch(records: list[dict]) -> Optional[int]:
+    """First epoch whose evaluation has accuracy 1.0 at every length."""
+    for r in records:
+        acc = r.get("accuracy")
+        if acc and all(a == 1.0 for a in acc.values()):
+            return int(r["epoch"])
+    return None
+
+
+def _version() -> str:
+    from grokfast import __version__
+    return __version__
+
+
+class _Run:
+    """The state of one run: task, model, optimizer and shuffle generator."""
+
+    def __init__(self, config: ParityConfig) -> None:
+        c = config
+        self.config = c
+        self.device = torch.device(c.device)
+        dtype = DTYPES[c.dtype]
+        self.task = StreamingParity(c.max_length, train_fraction=c.train_fraction, seed=c.seed)
+        self.train_data = {n: d.to(self.device) for n, d in self.task.train_set.items()}
+        self.eval_data = self.task.eval_data(c.eval_lengths, c.eval_count, c.seed,
+                                             device=self.device)
+        self.model = SequenceRNN(2, 2, c.hidden, activation=c.activation,
+                                 init_scale=c.init_scale, learn_h0=c.learn_h0,
+                                 generator=make_generator(c.seed, "init"),
+                                 device=self.device, dtype=dtype)
+        self.optimizer = torch.optim.SGD(self.model.param_groups(c.lr, c.bias_lr_scale), lr=c.lr)
+        self.shuffle = make_generator(c.seed, "shuffle")
+
+    def state(self, epoch: int, wall_seconds: float) -> dict[str, Any]:
+        return {"epoch": epoch, "wall_seconds": wall_seconds,
+                "config": self.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": capture_rng_state({"shuffle": self.shuffle})}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"], {"shuffle": self.shuffle})
+
+
+def run_parity(config: ParityConfig, out: Optional[PathLike] = None, *, resume: bool = False,
+               progress: bool = True,
+               on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Train and evaluate one streaming-parity run, writing the run directory ``out``
+    (default: a fresh folder under runs/). Returns the summary (also in summary.json).
+
+    resume=True continues the run in ``out`` from its latest checkpoint (or extends a finished
+    run to ``config.epochs``); ``config`` must equal the stored one except for epochs, device
+    and checkpoint_every. On the CPU the result equals that of an uninterrupted run (metrics
+    equal except wall times). on_epoch(record) is called after each epoch's metrics line.
+    """
+    config.validate()
+    if resume:
+        if out is None:
+            raise ValueError("--resume: needs --out DIR, the run directory to continue")
+        out = Path(out)
+        _check_resume(load_config(out), config)
+    else:
+        out = Path(out) if out is not None else default_out(config.seed)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {out} exists and is not a directory")
+        if _holds_run(out):
+            raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it "
+                             "or choose another directory")
+    ckpt_dir = out / "checkpoints"
+    found = list_checkpoints(ckpt_dir) if resume else {}
+    if found and max(found) > config.epochs:
+        raise ValueError(f"--epochs: the run already reached epoch {max(found)}; "
+                         f"got {config.epochs}")
+    run = _Run(config)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"experiment": "parity", "grokfast_version": _version()}
+    atomic_write_text(out / "config.json",
+                      json.dumps({**meta, **config.to_dict()}, indent=2) + "\n")
+
+    start_epoch, wall_before = 0, 0.0
+    if resume:
+        if found:
+            state = load_checkpoint(found[max(found)], map_location=run.device)
+            run.load(state)
+            start_epoch, wall_before = int(state["epoch"]), float(state["wall_seconds"])
+        if start_epoch < config.epochs and (out / "summary.json").exists():
+            (out / "summary.json").unlink()  # describes the shorter run this one extends
+
+    def keep(record: dict) -> bool:
+        if record.get("epoch", math.inf) > start_epoch:
+            return False
+        if record["epoch"] % config.eval_every:  # the extra evaluation of an earlier last epoch
+            record.pop("loss", None)
+            record.pop("accuracy", None)
+        return True
+
+    writer = MetricsWriter(out / "metrics.jsonl", keep=keep)
+    if start_epoch == 0:
+        save_checkpoint(epoch_checkpoint_path(ckpt_dir, 0), run.state(0, 0.0))
+
+    longest = str(max(config.eval_lengths))
+    bar = _progress_bar(config.epochs, start_epoch, progress)
+    wall_start = time.perf_counter()
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch}
+            record.update(train_epoch(run.model, run.optimizer, run.train_data,
+                                      batch_size=config.batch_size, generator=run.shuffle,
+                                      loss=config.loss, loss_on=config.loss_on))
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                record.update(evaluate(run.model, run.eval_data, loss=config.loss))
+            now = time.perf_counter()
+            record["epoch_seconds"] = now - t0
+            record["wall_seconds"] = wall_before + now - wall_start
+            writer.write(record)
+            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+                save_checkpoint(epoch_checkpoint_path(ckpt_dir, epoch),
+                                run.state(epoch, record["wall_seconds"]))
+            if bar is not None:
+                postfix = {"loss": f"{record['train_loss']:.3g}"}
+                if "accuracy" in record:
+                    postfix[f"acc@{longest}"] = f"{record['accuracy'][longest]:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+            if on_epoch is not None:
+                on_epoch(record)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    wall = wall_before + time.perf_counter() - wall_start
+    records = writer.records
+    final_state = load_checkpoint(epoch_checkpoint_path(ckpt_dir, config.epochs),
+                                  map_location="cpu")
+    if start_epoch == config.epochs:
+        wall = float(final_state["wall_seconds"])
+    save_checkpoint(ckpt_dir / "final.pt", final_state)
+    last = records[-1] if records else {}
+    summary = {
+        "experiment": "parity",
+        "epochs": config.epochs,
+        "generalized_epoch": _generalized_epoch(records),
+        "accuracy": last.get("accuracy", {}),
+        "loss": last.get("loss", {}),
+        "train_loss": last.get("train_loss"),
+        "train_accuracy": last.get("train_accuracy"),
+        "wall_seconds": wall,
+        "seed": config.seed,
+        "device": config.device,
+        "num_train": run.task.num_train,
+        "parameters": count_parameters(run.model),
+        "grokfast_version": _version(),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_run(out)
+    summary["run_dir"] = str(out)
+    return summary
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc="parity", unit="epoch", dynamic_ncols=True)
+
+
+def plot_run(out: PathLike) -> list[Path]:
+    """(Re)draw figures/loss.png and figures/accuracy.png from the run's metrics.jsonl.
+    Uses matplotlib's Agg canvas directly (no pyplot, no GUI backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from grokfast.train import read_metrics
+
+    out = Path(out)
+    records = read_metrics(out / "metrics.jsonl")
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    evaluated = [r for r in records if "accuracy" in r]
+    lengths = sorted({int(k) for r in evaluated for k in r["accuracy"]})
+    generalized = _generalized_epoch(records)
+    train_label = "train"
+    if (out / "config.json").is_file():
+        loss_on = json.loads((out / "config.json").read_text(encoding="utf-8")).get("loss_on")
+        train_label = f"train (loss on {loss_on} step{'s' if loss_on == 'all' else ''})"
+    paths = []
+    for name, key, ylabel in (("loss", "loss", "loss"), ("accuracy", "accuracy", "accuracy")):
+        fig = Figure(figsize=(7, 4.5), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if key == "loss" and records:
+            ax.plot([r["epoch"] for r in records],
+                    [r["train_loss"] if r["train_loss"] is not None else math.nan
+                     for r in records], color="black", lw=1.2, label=train_label, zorder=3)
+        cmap = _colors(len(lengths))
+        for color, n in zip(cmap, lengths):
+            pts = [(r["epoch"], r[key].get(str(n))) for r in evaluated]
+            pts = [(e, v if v is not None else math.nan) for e, v in pts]
+            if pts:
+                ax.plot(*zip(*pts), color=color, lw=1, label=f"T = {n}")
+        if generalized is not None:
+            ax.axvline(generalized, color="gray", ls="--", lw=1,
+                       label=f"generalized (epoch {generalized})")
+        if key == "loss":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"streaming parity: {ylabel} per evaluation length")
+        if records:
+            ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path = fig_dir / f"{name}.png"
+        tmp = fig_dir / f".{name}.tmp.png"
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    g = summary.get("generalized_epoch")
+    acc = summary.get("accuracy") or {}
+    lines = [
+        f"run:          {summary.get('run_dir', '')}",
+        f"epochs:       {summary['epochs']}  ({summary['wall_seconds']:.1f} s)",
+        "generalized:  " + (f"epoch {g}" if g is not None else "no (not every evaluation "
+                            "length reached accuracy 1.0)"),
+    ]
+    if summary.get("train_loss") is not None:
+        lines.append(f"train loss:   {summary['train_loss']:.3g}")
+    if acc:
+        lines.append("accuracy:     " + "  ".join(f"T={k}: {v:.3f}" for k, v in acc.items()))
+    return "\n".join(lines)
