@@ -1,12 +1,8 @@
 // Host-compiled build of pairs_kernels.cuh on the emulated CUDA runtime (csrc/emu), so the GPU
 // kernels' logic runs in the test suite on machines without a GPU.
-#define GF_EMULATED_CUDA 1
-#include "emu/emu_runtime.h"
+#include "emu_build.h"
 
 #define GF_KERNEL_NS emulated_impl
-#define GF_ALLOW_SMEM(kernel, bytes) (void)(kernel)
-#define GF_LAUNCH(kernel, grid, block, smem, stream, args) \
-  ::gf::emu::launch(grid, block, smem, [=] { kernel(args); })
 #include "pairs/pairs_kernels.cuh"
 
 namespace gf::pairs {

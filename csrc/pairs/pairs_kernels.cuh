@@ -1,7 +1,7 @@
 // The GPU pair kernels, written once and compiled twice: by nvcc (pairs_cuda.cu) and by the
-// host compiler against csrc/emu (pairs_emulated.cpp). The including file defines GF_KERNEL_NS,
-// GF_LAUNCH(kernel, grid, block, smem, stream, args), GF_ALLOW_SMEM(kernel, bytes) and
-// GF_DYNAMIC_SHARED.
+// host compiler against csrc/emu (pairs_emulated.cpp). The including file defines GF_KERNEL_NS
+// and includes csrc/cuda_build.h or csrc/emu_build.h (GF_LAUNCH, GF_ALLOW_SMEM,
+// GF_DYNAMIC_SHARED).
 //
 // Preparation (k_mean, k_max_norm, k_pack) writes centred, power-of-two-scaled float32 copies
 // with norms and guards to the workspace (pairs_common.h). Tiles of 64 x 64 points are staged

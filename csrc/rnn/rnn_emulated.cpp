@@ -1,19 +1,8 @@
 // Host-compiled build of rnn_kernels.cuh on the emulated CUDA runtime (csrc/emu), so the GPU
 // kernel's logic runs in the test suite on machines without a GPU.
-#define GF_EMULATED_CUDA 1
-#include <algorithm>
-#include <thread>
-
-#include "emu/emu_runtime.h"
-
-namespace gf::rnn::emulated_impl {
-inline int multiprocessor_count() { return int(std::max(1u, std::thread::hardware_concurrency())); }
-}  // namespace gf::rnn::emulated_impl
+#include "emu_build.h"
 
 #define GF_KERNEL_NS emulated_impl
-#define GF_ALLOW_SMEM(kernel, bytes) (void)(kernel)
-#define GF_LAUNCH(kernel, grid, block, smem, stream, args) \
-  ::gf::emu::launch(grid, block, smem, [=] { kernel(args); })
 #include "rnn/rnn_kernels.cuh"
 
 namespace gf::rnn {

@@ -1,7 +1,7 @@
 // The GPU recurrence, written once and compiled twice: by nvcc (rnn_cuda.cu) and by the host
-// compiler against csrc/emu (rnn_emulated.cpp). The including file defines GF_KERNEL_NS,
-// GF_LAUNCH(kernel, grid, block, smem, stream, args) and GF_ALLOW_SMEM(kernel, bytes), and
-// provides int multiprocessor_count().
+// compiler against csrc/emu (rnn_emulated.cpp). The including file defines GF_KERNEL_NS and
+// includes csrc/cuda_build.h or csrc/emu_build.h (GF_LAUNCH, GF_ALLOW_SMEM, GF_DYNAMIC_SHARED,
+// gf::multiprocessor_count).
 //
 // One block per (batch tile, model); thread j owns hidden unit j for every row of its tile.
 // Row j of the recurrent matrix lives on chip for the whole sequence: its first KR columns in
