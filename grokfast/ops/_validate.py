@@ -34,21 +34,24 @@ def check_shape(name: str, t: Tensor, expected: Sequence[int], what: str) -> Non
         raise ValueError(f"{name}: expected shape {tuple(expected)} ({what}), got {tuple(t.shape)}")
 
 
-def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+def resolve_backend(backend: Optional[str], device: torch.device, what: str = "tensors") -> str:
+    """The backend to run on (default: from the device); `what` names the inputs in errors."""
     if backend is None:
         return "cuda" if device.type == "cuda" else "cpu"
     check_choice("backend", backend, BACKENDS)
     if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs tensors on a CUDA device, got device {device}")
+        raise ValueError(f"backend='cuda' needs {what} on a CUDA device, got device {device}")
     if backend != "cuda" and device.type != "cpu":
-        raise ValueError(f"backend={backend!r} needs tensors on the CPU, got device {device}")
+        raise ValueError(f"backend={backend!r} needs {what} on the CPU, got device {device}")
     return backend
 
 
-def check_same_device(named: dict[str, Optional[Tensor]], device: torch.device) -> None:
+def check_same_device(named: dict[str, Optional[Tensor]], device: torch.device,
+                      reference: str = "w_hh") -> None:
     for name, t in named.items():
         if t is not None and t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (where w_hh is), got {t.device}")
+            raise ValueError(f"{name}: expected a tensor on {device} (where {reference} is), "
+                             f"got {t.device}")
 
 
 def check_dtype(named: dict[str, Optional[Tensor]], dtype: torch.dtype) -> None:

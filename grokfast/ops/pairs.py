@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from grokfast._ext import ext
-from grokfast.ops._validate import BACKENDS, as_tensor, check_choice
+from grokfast.ops._validate import as_tensor, check_same_device, resolve_backend
 
 _GPU_BACKENDS = ("cuda", "cuda-emulated")
 MAX_POINTS = 2 ** 31 - 1
@@ -101,22 +101,6 @@ def _radii(name: str, value) -> tuple[list[float], bool]:
     return [_radius(name, value)], True
 
 
-def _same_device(name: str, t: Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device} (where X is), got {t.device}")
-
-
-def _backend(backend: Optional[str], device: torch.device) -> str:
-    if backend is None:
-        return "cuda" if device.type == "cuda" else "cpu"
-    check_choice("backend", backend, BACKENDS)
-    if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs X on a CUDA device, got device {device}")
-    if backend != "cuda" and device.type != "cpu":
-        raise ValueError(f"backend={backend!r} needs X on the CPU, got device {device}")
-    return backend
-
-
 # --------------------------------------------------------------------------------------------
 # Plumbing
 
@@ -176,7 +160,7 @@ def _stats_dict(stats: Optional[Tensor]) -> dict:
 def _components(X, eps, backend, want_stats):
     x = _points("X", X)
     r = _radius("eps", eps)
-    backend = _backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, "X")
     labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     stats = _new_stats(x, want_stats)
     if x.shape[0] == 0:
@@ -212,11 +196,11 @@ def _assign(X, centers, eps, backend, want_stats):
     x = _points("X", X)
     cen = _points("centers", centers)
     r = _radius("eps", eps)
-    _same_device("centers", cen, x.device)
+    check_same_device({"centers": cen}, x.device, "X")
     if cen.shape[1] != x.shape[1]:
         raise ValueError(f"centers: expected shape (C, {x.shape[1]}) (D = columns of X), "
                          f"got {tuple(cen.shape)}")
-    backend = _backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, "X")
     N = x.shape[0]
     index = torch.empty(N, dtype=torch.int64, device=x.device)
     distance = torch.empty(N, dtype=torch.float32, device=x.device)
@@ -254,14 +238,14 @@ def _count_pairs(X, eps, groups, backend, want_stats):
     g = as_tensor("groups", groups, optional=True)
     N = x.shape[0]
     if g is not None:
-        _same_device("groups", g, x.device)
+        check_same_device({"groups": g}, x.device, "X")
         if g.dtype == torch.bool or g.is_floating_point() or g.is_complex():
             raise TypeError(f"groups: expected integer group labels, got {g.dtype}")
         if g.dim() != 1 or g.shape[0] != N:
             raise ValueError(f"groups: expected shape ({N},) (one label per point of X), "
                              f"got {tuple(g.shape)}")
         g = g.detach().to(torch.int64)
-    backend = _backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, "X")
     c = ext()
     R = len(radii)
     if backend in _GPU_BACKENDS and R > c.pairs_max_radii_gpu:
