@@ -98,7 +98,26 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("h_all", &rnn::ForwardParams::h_all)
       .def_readwrite("h_last", &rnn::ForwardParams::h_last)
       .def_readwrite("stream", &rnn::ForwardParams::stream)
-      .def_readwrite("num_threads", &rnn::ForwardParams::num_threads);
+      .def_readwrite("num_threads", &rnn::ForwardParams::num_threads)
+      .def_readwrite("generate_tokens", &rnn::ForwardParams::generate_tokens)
+      .def_readwrite("seed", &rnn::ForwardParams::seed);
+
+  py::class_<rnn::TrackParams>(m, "RnnTrackParams")
+      .def(py::init<>())
+      .def_readwrite("S", &rnn::TrackParams::S)
+      .def_readwrite("centers", &rnn::TrackParams::centers)
+      .def_readwrite("center_state", &rnn::TrackParams::center_state)
+      .def_readwrite("K", &rnn::TrackParams::K)
+      .def_readwrite("machine_next", &rnn::TrackParams::machine_next)
+      .def_readwrite("machine_initial", &rnn::TrackParams::machine_initial)
+      .def_readwrite("Q", &rnn::TrackParams::Q)
+      .def_readwrite("target_next", &rnn::TrackParams::target_next)
+      .def_readwrite("target_out", &rnn::TrackParams::target_out)
+      .def_readwrite("target_initial", &rnn::TrackParams::target_initial)
+      .def_readwrite("first_disagreement", &rnn::TrackParams::first_disagreement)
+      .def_readwrite("agree_steps", &rnn::TrackParams::agree_steps)
+      .def_readwrite("correct_steps", &rnn::TrackParams::correct_steps)
+      .def_readwrite("max_distance", &rnn::TrackParams::max_distance);
 
   py::class_<rnn::BackwardParams>(m, "RnnBackwardParams")
       .def(py::init<>())
@@ -138,6 +157,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("rnn_backward", [](const rnn::BackwardParams& p, const std::string& backend) {
     dispatch<rnn::BackwardParams>(p, backend, &rnn::backward_cpu, &rnn::backward_emulated,
                                   GF_CUDA_OR_NULL(&rnn::backward_cuda));
+  });
+  // The forward with an automaton tracked alongside (TrackParams): only per-sequence results.
+  m.def("rnn_track", [](rnn::ForwardParams p, const rnn::TrackParams& track,
+                        const std::string& backend) {
+    p.track = &track;
+    dispatch<rnn::ForwardParams>(p, backend, &rnn::forward_cpu, &rnn::forward_emulated,
+                                 GF_CUDA_OR_NULL(&rnn::forward_cuda));
   });
   m.def("rnn_max_hidden_gpu", &rnn::max_hidden_gpu_kernel);
 

@@ -145,3 +145,40 @@ def count_pairs_reference(X, eps, groups=None) -> Tensor:
                 same[k] += int((within & eq).sum())
     out = total if g is None else torch.stack([same, total - same], 1)
     return out[0] if scalar else out
+
+
+# ----------------------------------------------------------------------------------------------
+# Automaton tracking (grokfast.ops.rnn_track): one step at a time, all results per sequence.
+
+def rnn_track_reference(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
+                        h0: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor], *,
+                        activation: str, centers: Tensor, center_state: Tensor,
+                        machine_next: Tensor, machine_initial: int, target_next: Tensor,
+                        target_out: Tensor, target_initial: int):
+    """(first_disagreement, agree_steps, correct_steps, max_distance), as rnn_track."""
+    act = {"tanh": torch.tanh, "relu": torch.relu}[activation]
+    B, T = x.shape
+    H = w_hh.shape[0]
+    h = torch.zeros(B, H, dtype=w_hh.dtype) if h0 is None else h0.expand(B, H).clone()
+    qm = torch.full((B,), int(machine_initial), dtype=torch.int64)
+    qt = torch.full((B,), int(target_initial), dtype=torch.int64)
+    first = torch.full((B,), -1, dtype=torch.int64)
+    agree = torch.zeros(B, dtype=torch.int64)
+    correct = torch.zeros(B, dtype=torch.int64)
+    max_dist = torch.zeros(B, dtype=torch.float32)
+    for t in range(T):
+        sym = x[:, t].long()
+        pre = h @ w_hh.t() + w_ih.t()[sym]
+        h = act(pre + bias if bias is not None else pre)
+        d2 = ((h[:, None, :] - centers[None]) ** 2).sum(-1)  # [B, S]
+        best, nearest = d2.min(dim=1)  # ties: lowest index
+        defined = qm >= 0
+        qm = torch.where(defined, machine_next[qm.clamp_min(0), sym], torch.full_like(qm, -1))
+        qt = target_next[qt, sym]
+        ok = (qm >= 0) & (center_state[nearest] == qm)
+        agree += ok.long()
+        first = torch.where((first < 0) & ~ok, torch.full_like(first, t), first)
+        y = h @ w_out.t() + (b_out if b_out is not None else 0)
+        correct += (y.argmax(dim=1) == target_out[qt]).long()
+        max_dist = torch.maximum(max_dist, best.sqrt().float())
+    return first, agree, correct, max_dist

@@ -10,6 +10,28 @@ namespace gf::rnn {
 enum class Activation : int { Tanh = 0, Relu = 1 };
 enum class OutputMode : int { None = 0, Last = 1, All = 2 };
 
+// Checking an extracted automaton alongside the forward (one model, M == 1): at every step the
+// hidden state is snapped to its nearest center (ties: lowest index), whose state in the tracked
+// machine is compared with the state that machine reaches on its own from machine_initial; the
+// readout's argmax (ties: lowest) is compared with the target machine's output. Per-sequence
+// results only: O(B * H) memory at any length.
+struct TrackParams {
+  int64_t S = 0;                // centers
+  ptr_t centers = 0;            // [S, H], the RNN's dtype
+  ptr_t center_state = 0;       // int64 [S]: tracked-machine state of each center, -1 none
+  int64_t K = 0;                // tracked machine: states, int64 [K, I] transitions (-1 undefined)
+  ptr_t machine_next = 0;
+  int64_t machine_initial = 0;
+  int64_t Q = 0;                // target machine: int64 [Q, I] transitions, int64 [Q] outputs
+  ptr_t target_next = 0;
+  ptr_t target_out = 0;
+  int64_t target_initial = 0;
+  ptr_t first_disagreement = 0; // int64 [B]: first step whose center disagrees, -1 none
+  ptr_t agree_steps = 0;        // int64 [B]
+  ptr_t correct_steps = 0;      // int64 [B]: readout argmax == target output (needs O > 0)
+  ptr_t max_distance = 0;       // float32 [B]: largest distance to the nearest center
+};
+
 struct ForwardParams {
   int64_t M = 1, B = 0, T = 0, I = 0, H = 0, O = 0;
   bool tokens = false;  // x holds int64 ids in [0, I): W_ih is read as an embedding table
@@ -30,6 +52,10 @@ struct ForwardParams {
   ptr_t h_last = 0;  // [M, B, H] or 0
   ptr_t stream = 0;  // cudaStream_t for the CUDA backend
   int num_threads = 0;  // CPU: 0 = all hardware threads
+  // Token ids drawn by random_symbol(seed, b, t) (rnn_common.h) instead of read from x.
+  bool generate_tokens = false;
+  uint64_t seed = 0;
+  const TrackParams* track = nullptr;
 };
 
 // Backward of the recurrence only (the sequential part of BPTT):

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -194,6 +195,77 @@ T dot_padded(const T* a, const T* b, int64_t hp) {
   return horizontal_sum<T>(acc);
 }
 
+// Per-tile state of TrackParams: the tracked and target machines stepped alongside each row.
+template <class T>
+struct Tracker {
+  const TrackParams* p;
+  int64_t H, hp, O, I;
+  const T *centers, *w_out, *b_out;
+  const int64_t *center_state, *machine_next, *target_next, *target_out;
+  std::vector<int64_t> q_machine, q_target, first, agree, correct;
+  std::vector<float> max_dist;
+
+  Tracker(const TrackParams* tp, int64_t rows, int64_t H_, int64_t hp_, int64_t O_, int64_t I_,
+          const T* centers_, const T* w_out_, const T* b_out_)
+      : p(tp), H(H_), hp(hp_), O(O_), I(I_), centers(centers_), w_out(w_out_), b_out(b_out_) {
+    if (!p) return;
+    center_state = reinterpret_cast<const int64_t*>(p->center_state);
+    machine_next = reinterpret_cast<const int64_t*>(p->machine_next);
+    target_next = reinterpret_cast<const int64_t*>(p->target_next);
+    target_out = reinterpret_cast<const int64_t*>(p->target_out);
+    q_machine.assign(rows, p->machine_initial);
+    q_target.assign(rows, p->target_initial);
+    first.assign(rows, -1);
+    agree.assign(rows, 0);
+    correct.assign(rows, 0);
+    max_dist.assign(rows, 0.f);
+  }
+
+  void step(int64_t r, int64_t t, const T* h, int64_t symbol) {
+    constexpr int N = Simd<T>::N;
+    int64_t nearest = -1;
+    T best = std::numeric_limits<T>::infinity();
+    for (int64_t s = 0; s < p->S; ++s) {
+      vec<T> acc{};
+      const T* c = centers + s * hp;
+      for (int64_t j = 0; j < hp; j += N) {
+        const vec<T> d = load(h + j) - load(c + j);
+        acc += d * d;
+      }
+      const T d2 = horizontal_sum<T>(acc);
+      if (d2 < best) best = d2, nearest = s;
+    }
+    int64_t& qm = q_machine[r];
+    int64_t& qt = q_target[r];
+    qm = qm >= 0 ? machine_next[qm * I + symbol] : -1;
+    qt = target_next[qt * I + symbol];
+    if (qm >= 0 && nearest >= 0 && center_state[nearest] == qm)
+      ++agree[r];
+    else if (first[r] < 0)
+      first[r] = t;
+    if (O > 0) {
+      int64_t arg = 0;
+      T top = -std::numeric_limits<T>::infinity();
+      for (int64_t o = 0; o < O; ++o) {
+        const T v = dot_padded(h, w_out + o * hp, hp) + (b_out ? b_out[o] : T(0));
+        if (v > top) top = v, arg = o;
+      }
+      if (arg == target_out[qt]) ++correct[r];
+    }
+    const float dist = nearest >= 0 ? float(std::sqrt(best)) : std::numeric_limits<float>::infinity();
+    max_dist[r] = std::max(max_dist[r], dist);
+  }
+
+  void finish(int64_t b0) {
+    for (size_t r = 0; r < first.size(); ++r) {
+      reinterpret_cast<int64_t*>(p->first_disagreement)[b0 + r] = first[r];
+      reinterpret_cast<int64_t*>(p->agree_steps)[b0 + r] = agree[r];
+      reinterpret_cast<int64_t*>(p->correct_steps)[b0 + r] = correct[r];
+      reinterpret_cast<float*>(p->max_distance)[b0 + r] = max_dist[r];
+    }
+  }
+};
+
 int thread_count(int requested, double flops) {
   const int hw = hardware_threads();
   if (requested <= 0)
@@ -261,6 +333,19 @@ void forward_impl(const ForwardParams& p) {
       for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
   }
 
+  const TrackParams* tr = p.track;
+  std::unique_ptr<Buffer<T>> centers_p;  // tracked centers, padded like h
+  if (tr) {
+    centers_p = std::make_unique<Buffer<T>>(tr->S * hp);
+    const T* c = reinterpret_cast<const T*>(tr->centers);
+    for (int64_t s = 0; s < tr->S; ++s)
+      std::memcpy(centers_p->data + s * hp, c + s * H, H * sizeof(T));
+  }
+  const auto token = [&](int64_t m, int64_t b, int64_t t) -> int64_t {
+    if (p.generate_tokens) return random_symbol(p.seed, m * B + b, t, I);
+    return ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t];
+  };
+
   const Epilogue act = p.activation == Activation::Relu ? Epilogue::Relu : Epilogue::Tanh;
   // Rows of the source buffers: [h (vector stores spill up to hp) | x_t (dense input)].
   const int64_t ks = std::max(K, hp);
@@ -277,11 +362,13 @@ void forward_impl(const ForwardParams& p) {
       if (h0) std::memcpy(src + r * ks, h0 + (m * B + b0 + r) * H, H * sizeof(T));
     const T* wm = wcat[m]->data;
     const T* st = start[m]->data;
+    Tracker<T> track(tr, rows, H, hp, O, I, centers_p ? centers_p->data : nullptr,
+                     wout_p[m]->data, b_out ? b_out + m * O : nullptr);
     for (int64_t t = 0; t < T_; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         if (p.tokens) {
-          init[r] = st + (1 + ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t]) * hp;
+          init[r] = st + (1 + token(m, b, t)) * hp;
         } else {
           init[r] = st;
           const T* xr = xs + m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t;
@@ -299,9 +386,11 @@ void forward_impl(const ForwardParams& p) {
           for (int64_t o = 0; o < O; ++o)
             yr[o] = dot_padded(h, wout_p[m]->data + o * hp, hp) + (b_out ? b_out[m * O + o] : T(0));
         }
+        if (tr) track.step(r, t, h, token(m, b, t));
       }
       std::swap(src, nxt);
     }
+    if (tr) track.finish(b0);
     if (h_last)
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(h_last + (m * B + b0 + r) * H, src + r * ks, H * sizeof(T));

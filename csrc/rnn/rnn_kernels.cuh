@@ -20,11 +20,27 @@ namespace gf::rnn::GF_KERNEL_NS {
 constexpr int kMaxHidden = 256;
 constexpr int kMaxRegisterCols = 128;
 constexpr int kMaxReadoutRegs = 8;  // readout-gradient partial sums kept in registers
+constexpr int kMaxTrackCenters = 2048;  // shared-memory distances of a tile's rows
+
+// TrackParams by value (the kernel cannot read the host struct).
+struct TrackArgs {
+  bool on = false;
+  int S = 0;
+  const float* centers = nullptr;
+  const int64_t *center_state = nullptr, *machine_next = nullptr, *target_next = nullptr,
+                *target_out = nullptr;
+  int64_t machine_initial = 0, target_initial = 0;
+  int64_t* first_disagreement = nullptr;
+  int64_t *agree_steps = nullptr, *correct_steps = nullptr;
+  float* max_distance = nullptr;
+};
 
 struct KernelArgs {
   int B, T, I, H, O, hs;  // hs: row stride of the shared hidden buffers (>= KR, zero padded)
   Activation act;
-  bool backward, tokens;
+  bool backward, tokens, generate;
+  uint64_t seed;
+  TrackArgs track;
   const float* w;          // recurrent matrix [M, H, H]; this thread's row is w[j*w_row + k*w_col]
   int w_row, w_col;
   // forward
@@ -48,6 +64,11 @@ __device__ __forceinline__ const float* readout_grad_row(const KernelArgs& a, in
   return a.gy + (a.gy_mode == OutputMode::All ? row * a.T + t : row) * a.O;
 }
 
+__device__ __forceinline__ int64_t token(const KernelArgs& a, int m, int b, int t) {
+  if (a.generate) return random_symbol(a.seed, int64_t(m) * a.B + b, t, a.I);
+  return a.ids[m * a.xsm + b * a.xsb + t * a.xst];
+}
+
 // Term added to W h_{t-1} before the activation (forward) or to W^T dz_{t+1} (backward).
 __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, int t, int j) {
   if (a.backward) {
@@ -64,15 +85,14 @@ __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, i
   float u = a.bias ? a.bias[int64_t(m) * a.H + j] : 0.f;
   const float* wt = a.w_ih_t + int64_t(m) * a.I * a.H;
   if (a.tokens) {
-    const int64_t id = a.ids[m * a.xsm + b * a.xsb + t * a.xst];
-    return u + wt[id * a.H + j];
+    return u + wt[token(a, m, b, t) * a.H + j];
   }
   const float* x = a.xs + m * a.xsm + b * a.xsb + t * a.xst;
   for (int i = 0; i < a.I; ++i) u += x[i * a.xsi] * wt[int64_t(i) * a.H + j];
   return u;
 }
 
-template <int KR, int BT>
+template <int KR, int BT, bool TRACK>
 __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a) {
   GF_DYNAMIC_SHARED(float, smem);
   const int j = threadIdx.x, nt = blockDim.x, m = blockIdx.y;
@@ -83,6 +103,10 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
   const int smem_cols = H > KR ? H - KR : 0;
   float* w_smem = smem;                   // [H - KR][nt]: conflict-free, thread j reads column j
   float* hbuf = smem + smem_cols * nt;    // [2][BT][hs]
+  // Tracking: per row [q_machine, q_target, first, agree, correct, max_dist bits] (shared, not
+  // registers: the untracked forward must not pay for them), then [BT][S + O] scratch.
+  int64_t* tstate = reinterpret_cast<int64_t*>(hbuf + 2 * BT * hs);  // 8-byte aligned: even offset
+  float* tbuf = reinterpret_cast<float*>(tstate + 6 * BT);
   const float* w = a.w + int64_t(m) * H * H;
 
   float wr[KR];
@@ -106,6 +130,13 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
   for (int o = 0; o < kMaxReadoutRegs; ++o) wout_sum[o] = bout_sum[o] = 0.f;
   float* cur = hbuf;
   float* nxt = hbuf + BT * hs;
+  if (TRACK && j < rows) {
+    int64_t* ts = tstate + 6 * j;
+    ts[0] = a.track.machine_initial;
+    ts[1] = a.track.target_initial;
+    ts[2] = -1;
+    ts[3] = ts[4] = ts[5] = 0;
+  }
   const int steps = a.backward ? a.T + 1 : a.T;  // the backward's extra step yields dh0
   for (int s = 0; s < steps; ++s) {
     const int t = a.backward ? a.T - 1 - s : s;
@@ -199,9 +230,70 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
         a.y[(a.y_mode == OutputMode::All ? row * a.T + t : row) * a.O + o] = sum;
       }
     }
+    if (TRACK) {
+      const TrackArgs& tr = a.track;
+      const int S = tr.S, width = S + a.O;
+      for (int q = j; q < rows * width; q += nt) {
+        const int r = q / width, k = q % width;
+        const float* hr = nxt + r * hs;
+        float s0 = 0.f, s1 = 0.f;
+        if (k < S) {
+          const float* c = tr.centers + int64_t(k) * H;
+          int i = 0;
+          for (; i + 2 <= H; i += 2) {
+            const float d0 = hr[i] - c[i], d1 = hr[i + 1] - c[i + 1];
+            s0 += d0 * d0;
+            s1 += d1 * d1;
+          }
+          if (i < H) s0 += (hr[i] - c[i]) * (hr[i] - c[i]);
+        } else {
+          const int o = k - S;
+          const float* wo = a.w_out + (int64_t(m) * a.O + o) * H;
+          s0 = a.b_out ? a.b_out[int64_t(m) * a.O + o] : 0.f;
+          for (int i = 0; i < H; ++i) s1 += wo[i] * hr[i];
+        }
+        tbuf[r * width + k] = s0 + s1;
+      }
+      __syncthreads();
+      if (j < rows) {
+        int64_t* ts = tstate + 6 * j;
+        int64_t &q_machine = ts[0], &q_target = ts[1], &first = ts[2], &agree = ts[3],
+                &correct = ts[4];
+        float& max_dist = *reinterpret_cast<float*>(ts + 5);
+        const float* d = tbuf + j * width;
+        int nearest = -1;
+        float best = INFINITY;
+        for (int k = 0; k < S; ++k)
+          if (d[k] < best) best = d[k], nearest = k;
+        const int64_t symbol = token(a, m, b0 + j, t);
+        q_machine = q_machine >= 0 ? tr.machine_next[q_machine * a.I + symbol] : -1;
+        q_target = tr.target_next[q_target * a.I + symbol];
+        if (q_machine >= 0 && nearest >= 0 && tr.center_state[nearest] == q_machine)
+          ++agree;
+        else if (first < 0)
+          first = t;
+        if (a.O > 0) {
+          int arg = 0;
+          float top = -INFINITY;
+          for (int o = 0; o < a.O; ++o)
+            if (d[S + o] > top) top = d[S + o], arg = o;
+          if (arg == tr.target_out[q_target]) ++correct;
+        }
+        const float dist = nearest >= 0 ? sqrtf(best) : INFINITY;
+        max_dist = dist > max_dist ? dist : max_dist;
+      }
+    }
     float* tmp = cur;
     cur = nxt;
     nxt = tmp;
+  }
+  if (TRACK && j < rows) {
+    const int64_t row = int64_t(m) * a.B + b0 + j;
+    const int64_t* ts = tstate + 6 * j;
+    a.track.first_disagreement[row] = ts[2];
+    a.track.agree_steps[row] = ts[3];
+    a.track.correct_steps[row] = ts[4];
+    a.track.max_distance[row] = *reinterpret_cast<const float*>(ts + 5);
   }
   if (!a.backward && a.h_last && own)
     for (int r = 0; r < rows; ++r) a.h_last[(int64_t(m) * a.B + b0 + r) * H + j] = cur[r * hs + j];
@@ -216,11 +308,12 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
   }
 }
 
-template <int KR, int BT>
+template <int KR, int BT, bool TRACK>
 void launch(const KernelArgs& a, int M, void* stream) {
   const int nt = (a.H + 31) / 32 * 32;
-  const size_t smem = (size_t((a.H > KR ? a.H - KR : 0)) * nt + size_t(2) * BT * a.hs) * sizeof(float);
-  auto kernel = recurrence_kernel<KR, BT>;
+  const size_t track = a.track.on ? size_t(BT) * (12 + a.track.S + a.O) : 0;  // 6 int64 + scratch
+  const size_t smem = (size_t((a.H > KR ? a.H - KR : 0)) * nt + size_t(2) * BT * a.hs + track) * sizeof(float);
+  auto kernel = recurrence_kernel<KR, BT, TRACK>;
   GF_ALLOW_SMEM(kernel, smem);
   const dim3 grid(unsigned((a.B + BT - 1) / BT), unsigned(M));
   GF_LAUNCH(kernel, grid, dim3(unsigned(nt)), smem, stream, a);
@@ -228,11 +321,14 @@ void launch(const KernelArgs& a, int M, void* stream) {
 
 template <int KR>
 void launch_tiles(const KernelArgs& a, int M, int tile, void* stream) {
+  // Tracking is a separate instantiation (its state would cost the plain forward registers),
+  // compiled for two tile sizes only.
+  if (a.track.on) return tile >= 4 ? launch<KR, 4, true>(a, M, stream) : launch<KR, 1, true>(a, M, stream);
   switch (tile) {
-    case 1: return launch<KR, 1>(a, M, stream);
-    case 2: return launch<KR, 2>(a, M, stream);
-    case 4: return launch<KR, 4>(a, M, stream);
-    default: return launch<KR, 8>(a, M, stream);
+    case 1: return launch<KR, 1, false>(a, M, stream);
+    case 2: return launch<KR, 2, false>(a, M, stream);
+    case 4: return launch<KR, 4, false>(a, M, stream);
+    default: return launch<KR, 8, false>(a, M, stream);
   }
 }
 
@@ -284,6 +380,27 @@ inline void forward(const ForwardParams& p) {
   a.act = p.activation;
   a.backward = false;
   a.tokens = p.tokens;
+  a.generate = p.generate_tokens;
+  a.seed = p.seed;
+  if (const TrackParams* tp = p.track) {
+    if (tp->S < 1 || tp->S > kMaxTrackCenters)
+      throw std::invalid_argument("tracking needs 1.." + std::to_string(kMaxTrackCenters) +
+                                  " centers on GPU backends, got " + std::to_string(tp->S));
+    TrackArgs& t = a.track;
+    t.on = true;
+    t.S = int(tp->S);
+    t.centers = reinterpret_cast<const float*>(tp->centers);
+    t.center_state = reinterpret_cast<const int64_t*>(tp->center_state);
+    t.machine_next = reinterpret_cast<const int64_t*>(tp->machine_next);
+    t.target_next = reinterpret_cast<const int64_t*>(tp->target_next);
+    t.target_out = reinterpret_cast<const int64_t*>(tp->target_out);
+    t.machine_initial = tp->machine_initial;
+    t.target_initial = tp->target_initial;
+    t.first_disagreement = reinterpret_cast<int64_t*>(tp->first_disagreement);
+    t.agree_steps = reinterpret_cast<int64_t*>(tp->agree_steps);
+    t.correct_steps = reinterpret_cast<int64_t*>(tp->correct_steps);
+    t.max_distance = reinterpret_cast<float*>(tp->max_distance);
+  }
   a.w = reinterpret_cast<const float*>(p.w_hh);
   a.w_row = a.H; a.w_col = 1;
   a.ids = reinterpret_cast<const int64_t*>(p.x);
