@@ -3,6 +3,8 @@
 optionally split by group label. Re-exported from grokfast.ops; see grokfast.ops.pairs for the
 exactness guarantee."""
 
-from grokfast.ops.pairs import Assignment, assign, components, count_pairs
+from grokfast.ops.pairs import (Assignment, ClassCounts, assign, components, count_pairs,
+                                count_within_classes)
 
-__all__ = ["Assignment", "assign", "components", "count_pairs"]
+__all__ = ["Assignment", "ClassCounts", "assign", "components", "count_pairs",
+           "count_within_classes"]

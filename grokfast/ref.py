@@ -147,6 +147,31 @@ def count_pairs_reference(X, eps, groups=None) -> Tensor:
     return out[0] if scalar else out
 
 
+def count_within_classes_reference(X, classes, eps, mask=None) -> tuple[Tensor, Tensor]:
+    """(pairs int64 [R], neighbors int64 [N, R]) for the radii eps (a list), as
+    grokfast.pairs.count_within_classes: pairs counts unordered same-class pairs within each
+    radius (both points in mask, when given); neighbors[i, k] counts the same-class j != i
+    within radius k (j in mask, when given)."""
+    x = _points64(X)
+    c = torch.as_tensor(classes).cpu().to(torch.int64)
+    radii = [float(r) for r in torch.as_tensor(eps, dtype=torch.float64).reshape(-1).tolist()]
+    m = torch.ones(x.shape[0], dtype=torch.bool) if mask is None else \
+        torch.as_tensor(mask).cpu().to(torch.bool)
+    n, R = x.shape[0], len(radii)
+    pairs = torch.zeros(R, dtype=torch.int64)
+    neighbors = torch.zeros(n, R, dtype=torch.int64)
+    for value in torch.unique(c).tolist():
+        idx = torch.nonzero(c == value).reshape(-1)
+        d2 = _sq_dists64(x[idx], x[idx])
+        off_diag = ~torch.eye(idx.shape[0], dtype=torch.bool)
+        mi = m[idx]
+        for k, r in enumerate(radii):
+            within = (d2 <= r * r) & off_diag
+            pairs[k] += int((within & mi[:, None] & mi[None, :]).sum()) // 2
+            neighbors[idx, k] = (within & mi[None, :]).sum(1)
+    return pairs, neighbors
+
+
 # ----------------------------------------------------------------------------------------------
 # Automaton tracking (grokfast.ops.rnn_track): one step at a time, all results per sequence.
 

@@ -531,7 +531,82 @@ def test_too_many_radii_on_gpu_backends():
 
 def test_public_namespace():
     assert grokfast.pairs.components is grokfast.ops.components
-    assert set(grokfast.pairs.__all__) == {"Assignment", "assign", "components", "count_pairs"}
+    assert set(grokfast.pairs.__all__) == {"Assignment", "ClassCounts", "assign", "components",
+                                           "count_pairs", "count_within_classes"}
     assert "pairs" in grokfast.__all__
-    for name in ("components_reference", "assign_reference", "count_pairs_reference"):
+    for name in ("components_reference", "assign_reference", "count_pairs_reference",
+                 "count_within_classes_reference"):
         assert callable(getattr(ref, name))
+
+
+# --------------------------------------------------------------------------------------------
+# count_within_classes: only same-class pairs, optional mask and per-point neighbour counts
+
+CLASS_CASES = [  # N, D, number of classes, rounding (ties), seed
+    (0, 3, 1, None, 0),
+    (1, 3, 1, None, 0),
+    (2, 1, 1, 1, 1),
+    (65, 4, 1, 1, 2),      # one class over two tiles
+    (200, 5, 3, 1, 3),
+    (500, 17, 40, None, 4),
+    (129, 130, 2, 1, 5),   # D above the 128 register columns, tiles with padding lanes
+    (300, 2, 300, 1, 6),   # every point its own class: nothing to count
+]
+CLASS_RADII = [0.0, 0.5, 1.0, 2.0, 4.0, 100.0]
+
+
+@pytest.mark.parametrize("N,D,C,decimals,seed", CLASS_CASES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_count_within_classes_matches_reference(backend, N, D, C, decimals, seed, masked):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=g)
+    if decimals is not None:
+        x = x.round(decimals=decimals)  # many exact ties at the radii
+    cls = torch.randint(0, C, (N,), generator=g) * 7 - 3  # arbitrary label values
+    mask = (torch.rand(N, generator=g) > 0.3) if masked else None
+    want_pairs, want_nb = ref.count_within_classes_reference(x, cls, CLASS_RADII, mask)
+    dev = device_of(backend)
+    out = pairs.count_within_classes(x.to(dev), cls.to(dev), CLASS_RADII,
+                                     mask=mask.to(dev) if mask is not None else None,
+                                     neighbors=True, backend=backend)
+    assert torch.equal(out.pairs.cpu(), want_pairs)
+    assert torch.equal(out.neighbors.cpu(), want_nb)
+    if not masked:  # without a mask: every within pair is two neighbour entries
+        assert torch.equal(out.neighbors.sum(0).cpu(), 2 * want_pairs)
+
+
+def test_count_within_classes_is_count_pairs_restricted_to_classes(backend):
+    x = torch.from_numpy(blobs(400, 6, seed=3)[0])
+    cls = torch.arange(400) % 5
+    dev = device_of(backend)
+    radii = [0.1, 0.5, 2.0]
+    same = pairs.count_pairs(x.to(dev), radii, groups=cls.to(dev), backend=backend)[:, 0]
+    got = pairs.count_within_classes(x.to(dev), cls.to(dev), radii, backend=backend)
+    assert torch.equal(got.pairs, same) and got.neighbors is None
+
+
+def test_count_within_classes_scalar_eps_and_noncontiguous():
+    x = torch.randn(50, 8).round(decimals=1)
+    cls = torch.arange(50) % 3
+    a = pairs.count_within_classes(x, cls, 1.5, neighbors=True)
+    assert a.pairs.shape == () and a.neighbors.shape == (50,)
+    xt = x.t().contiguous().t()
+    b = pairs.count_within_classes(xt, cls.numpy(), 1.5, neighbors=True)
+    assert torch.equal(a.pairs, b.pairs) and torch.equal(a.neighbors, b.neighbors)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(classes=torch.zeros(3, dtype=torch.int64)), ValueError, "classes: expected shape"),
+    (dict(classes=torch.zeros(10)), TypeError, "classes: expected integer"),
+    (dict(mask=torch.ones(10)), TypeError, "mask: expected a bool"),
+    (dict(mask=torch.ones(4, dtype=torch.bool)), ValueError, "mask: expected shape"),
+    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(X=torch.full((10, 2), float("nan"))), ValueError, "X: contains NaN"),
+    (dict(X=torch.zeros(10, 2, dtype=torch.float64)), TypeError, "X: expected dtype float32"),
+])
+def test_count_within_classes_bad_inputs(kwargs, err, match):
+    args = dict(X=torch.zeros(10, 2), classes=torch.zeros(10, dtype=torch.int64), eps=1.0)
+    args.update(kwargs)
+    X, classes, eps = args.pop("X"), args.pop("classes"), args.pop("eps")
+    with pytest.raises(err, match=match):
+        pairs.count_within_classes(X, classes, eps, **args)

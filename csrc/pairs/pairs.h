@@ -66,6 +66,17 @@ struct CountParams {
   int64_t groups_stride = 1;
   ptr_t counts = 0;       // int64 [R] out: pairs i < j with d <= radii[r]
   ptr_t counts_same = 0;  // int64 [R] out (needs groups): of those, pairs with equal labels
+  // Within-class mode (C > 0): points sorted by class, class c = [offsets[c], offsets[c + 1]);
+  // only same-class pairs are compared and counted (groups unused). tile_offsets[c] is the first
+  // tile pair of class c, with nb = ceil(size / 64) blocks giving nb (nb + 1) / 2 tile pairs
+  // (tile_offsets[C] = total_tiles, also given on the host for the GPU launch).
+  int64_t C = 0;
+  ptr_t class_offsets = 0;  // int64 [C + 1], on the device of x
+  ptr_t tile_offsets = 0;   // int64 [C + 1], on the device of x
+  int64_t total_tiles = 0;
+  ptr_t mask = 0;       // uint8 [N] or 0: counts keep pairs with both points in the mask
+  ptr_t neighbors = 0;  // int64 [N, R] out or 0 (zeroed by the caller): per point, same-class
+                        // points within each radius (those in the mask, when given)
   ptr_t workspace = 0;
   int64_t workspace_bytes = 0;
   ptr_t stats = 0;

@@ -214,7 +214,8 @@ void scale_points(const Points& x, const Frame& f, Scaled& out, int threads) {
 }
 
 // Columns in the layout the tiles read: [ceil(n / 16)][D][16], one vector per dimension.
-// Padding lanes get norm +inf (so t = +inf: never within) and guard 0.
+// Padding lanes (past the end, or where index_of gives -1) get norm +inf (so t = +inf: never
+// within) and guard 0.
 struct Panels {
   int64_t count = 0, d = 0;
   Buffer<float> data, norm, gx;
@@ -237,8 +238,14 @@ void pack(const Scaled& s, int64_t count, IndexFn index_of, Panels& out, int thr
     for (int64_t p = c * 64; p < std::min(np, (c + 1) * 64); ++p)
       for (int64_t l = 0; l < W && p * W + l < count; ++l) {
         const int64_t j = p * W + l, src = index_of(j);
-        const float* r = s.xs.data + src * D;
         float* dst = out.data.data + p * D * W + l;
+        if (src < 0) {  // a padding lane inside the set (class blocks start on a panel)
+          for (int64_t k = 0; k < D; ++k) dst[k * W] = 0.f;
+          out.norm[j] = INFINITY;
+          out.gx[j] = 0.f;
+          continue;
+        }
+        const float* r = s.xs.data + src * D;
         for (int64_t k = 0; k < D; ++k) dst[k * W] = r[k];
         out.norm[j] = s.norm[src];
         out.gx[j] = s.gx[src];
@@ -642,14 +649,31 @@ void count_impl(const CountParams& p) {
   const int64_t N = p.x.n, D = p.x.d, R = p.R;
   int64_t* counts = reinterpret_cast<int64_t*>(p.counts);
   int64_t* counts_same = reinterpret_cast<int64_t*>(p.counts_same);
-  const bool grouped = p.groups != 0 && counts_same != nullptr;
+  const bool by_class = p.C > 0;
+  const bool grouped = !by_class && p.groups != 0 && counts_same != nullptr;
+  const uint8_t* mask = reinterpret_cast<const uint8_t*>(p.mask);
+  int64_t* neighbors = reinterpret_cast<int64_t*>(p.neighbors);
   for (int64_t k = 0; k < R; ++k) {
     counts[k] = 0;
     if (counts_same) counts_same[k] = 0;
   }
   if (N < 2 || R == 0) return;
+  // Tile pairs: of the whole set, or of each class (class c owns items [tiles[c], tiles[c+1])).
+  const int64_t C = by_class ? p.C : 1;
+  std::vector<int64_t> bounds{0, N}, tiles{0, 0};
+  if (by_class) {
+    const int64_t* off = reinterpret_cast<const int64_t*>(p.class_offsets);
+    bounds.assign(off, off + C + 1);
+    tiles.assign(C + 1, 0);
+  }
+  double work = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t n = bounds[c + 1] - bounds[c], nb = ceil_div(n, kTile);
+    tiles[c + 1] = tiles[c] + nb * (nb + 1) / 2;
+    work += double(n) * double(n) * double(D) / 2;
+  }
   Counters stats;
-  const int threads = thread_count(p.num_threads, double(N) * double(N) * double(D) / 2);
+  const int threads = thread_count(p.num_threads, work);
   const Frame frame = make_frame(p.x, nullptr, threads);
   Scaled s;
   scale_points(p.x, frame, s, threads);
@@ -676,40 +700,62 @@ void count_impl(const CountParams& p) {
     for (int64_t i = 0; i < N; ++i)
       lab[i] = int32_t(std::lower_bound(uniq.begin(), uniq.end(), vals[i]) - uniq.begin());
   }
+  // Mask bits as int32 lanes too (1 everywhere without a mask).
+  Buffer<int32_t> inmask(ceil_div(N, W) * W + W);
+  for (int64_t i = 0; i < N; ++i) inmask[i] = mask ? int32_t(mask[i] != 0) : 1;
+  // Panels, packed once: with classes every class starts on a panel of its own (padding lanes
+  // between classes), so each class's tile columns are whole panels.
+  std::vector<int64_t> panel_start(C + 1, 0);
+  for (int64_t c = 0; c < C; ++c)
+    panel_start[c + 1] = panel_start[c] + ceil_div(bounds[c + 1] - bounds[c], W) * W;
   Panels pn;
-  pack(s, N, [](int64_t j) { return j; }, pn, threads);
+  if (by_class) {
+    std::vector<int64_t> source(panel_start[C], -1);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) source[panel_start[c] + i - bounds[c]] = i;
+    pack(s, panel_start[C], [&source](int64_t j) { return source[j]; }, pn, threads);
+  } else {
+    pack(s, N, [](int64_t j) { return j; }, pn, threads);
+  }
   const float* xd = reinterpret_cast<const float*>(p.x.data);
   std::vector<int64_t> total(R, 0), same(R, 0);
   std::mutex reduce;
 
-  const int64_t nb = ceil_div(N, kTile);
-  parallel_for(nb * (nb + 1) / 2, threads, [&](int64_t item) {
+  parallel_for(tiles[C], threads, [&](int64_t item) {
+    const int64_t c = std::upper_bound(tiles.begin(), tiles.end(), item) - tiles.begin() - 1;
     int64_t bi, bj;
-    tile_pair(item, bi, bj);
-    const int64_t i0 = bi * kTile, j0 = bj * kTile;
-    const int64_t ni = std::min<int64_t>(kTile, N - i0), nj = std::min<int64_t>(kTile, N - j0);
+    tile_pair(item - tiles[c], bi, bj);
+    const int64_t start = bounds[c], end = bounds[c + 1];
+    const int64_t i0 = start + bi * kTile, j0 = start + bj * kTile;
+    const int64_t ni = std::min<int64_t>(kTile, end - i0), nj = std::min<int64_t>(kTile, end - j0);
+    const int64_t pj = panel_start[c] + bj * kTile;  // j0's column in the panels
+    const float* panels = pn.panel(pj / W);
+    const float* col_norm = pn.norm.data + pj;
+    const float* col_gx = pn.gx.data + pj;
     std::vector<int64_t> t_local(R, 0), s_local(R, 0);
+    // Neighbour counts of this tile's rows and columns, flushed with atomics at the end.
+    std::vector<int64_t> row_nb(neighbors ? kTile * R : 0), col_nb(neighbors ? kTile * R : 0);
     int64_t exact = 0;
     const float* rowp[kTile];
     for (int64_t r = 0; r < ni; ++r) rowp[r] = s.xs.data + (i0 + r) * D;
-    tile(D, rowp, ni, pn.panel(j0 / W), int(ceil_div(nj, W)), [&](int64_t r, int v, vf dot) {
+    tile(D, rowp, ni, panels, int(ceil_div(nj, W)), [&](int64_t r, int v, vf dot) {
       const int64_t i = i0 + r, jb = j0 + v * W;
       if (jb + W - 1 <= i) return;
-      const vf t = (splat(s.norm[i]) + loadf(pn.norm.data + jb)) - dot * 2.f;
-      const vf g = splat(s.gx[i]) + loadf(pn.gx.data + jb);
+      const vf t = (splat(s.norm[i]) + loadf(col_norm + v * W)) - dot * 2.f;
+      const vf g = splat(s.gx[i]) + loadf(col_gx + v * W);
       const vf tm = t - g;
       const vi idx = iota_from(jb);
-      const uint32_t m = lanes((idx > int32_t(i)) & (idx < int32_t(N)) & ~(tm > hi_max));
+      const uint32_t m = lanes((idx > int32_t(i)) & (idx < int32_t(end)) & ~(tm > hi_max));
       if (!m) return;
       const vf tp = t + g;
       const uint32_t sb = grouped ? lanes(loadi(lab.data + jb) == lab[i]) : 0u;
+      const uint32_t mj = lanes(loadi(inmask.data + jb));
+      const uint32_t both = inmask[i] ? mj : 0u;  // pairs kept by the mask
       double d2[W];
       uint32_t have = 0;
       for (int64_t k = 0; k < R; ++k) {
-        const uint32_t in = lanes(tp < lo[k]) & m;
+        uint32_t in = lanes(tp < lo[k]) & m;
         const uint32_t amb = m & ~in & ~lanes(tm > hi[k]);
-        t_local[k] += __builtin_popcount(in);
-        s_local[k] += __builtin_popcount(in & sb);
         for (uint32_t b = amb; b; b &= b - 1) {
           const int l = __builtin_ctz(b);
           if (!(have >> l & 1)) {
@@ -717,13 +763,26 @@ void count_impl(const CountParams& p) {
             have |= 1u << l;
             ++exact;
           }
-          if (d2[l] <= eps2[k]) {
-            ++t_local[k];
-            s_local[k] += (sb >> l) & 1;
-          }
+          if (d2[l] <= eps2[k]) in |= 1u << l;
+        }
+        t_local[k] += __builtin_popcount(in & both);
+        s_local[k] += __builtin_popcount(in & both & sb);
+        if (neighbors && in) {
+          row_nb[r * R + k] += __builtin_popcount(in & mj);
+          if (inmask[i])
+            for (uint32_t b = in; b; b &= b - 1) col_nb[(jb - j0 + __builtin_ctz(b)) * R + k] += 1;
         }
       }
     });
+    if (neighbors) {
+      for (int64_t r = 0; r < kTile; ++r)
+        for (int64_t k = 0; k < R; ++k) {
+          if (r < ni && row_nb[r * R + k])
+            std::atomic_ref<int64_t>(neighbors[(i0 + r) * R + k]).fetch_add(row_nb[r * R + k], std::memory_order_relaxed);
+          if (r < nj && col_nb[r * R + k])
+            std::atomic_ref<int64_t>(neighbors[(j0 + r) * R + k]).fetch_add(col_nb[r * R + k], std::memory_order_relaxed);
+        }
+    }
     stats.v[kStatExact].fetch_add(exact, std::memory_order_relaxed);
     stats.v[kStatTiles].fetch_add(1, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(reduce);

@@ -250,6 +250,13 @@ struct TileArgs {
   long long gstride;
   unsigned long long* counts;
   unsigned long long* counts_same;
+  // count within classes (C > 0): see CountParams
+  int C;
+  const long long* class_offsets;
+  const long long* tile_offsets;
+  long long total_tiles;
+  const unsigned char* mask;
+  unsigned long long* neighbors;
 };
 
 // Tile pair for a linear index: item = bj (bj + 1) / 2 + bi, bi <= bj.
@@ -394,9 +401,20 @@ __global__ void __launch_bounds__(kThreads) k_count(TileArgs a) {
   float* Bs = As + kSlice * kLd;
   int* misc = reinterpret_cast<int*>(Bs + kSlice * kLd);     // [0]: bits of max hi, [1]: exact
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  int bi, bj;
-  tile_pair(a.pair0 + (long long)blockIdx.x, bi, bj);
-  const int i0 = bi * kTile, j0 = bj * kTile;
+  int bi, bj, start = 0, end = a.N;
+  long long item = a.pair0 + (long long)blockIdx.x;
+  if (a.C > 0) {  // the class owning this tile pair: last c with tile_offsets[c] <= item
+    int lo_c = 0, hi_c = a.C - 1;
+    while (lo_c < hi_c) {
+      const int mid = (lo_c + hi_c + 1) / 2;
+      if (a.tile_offsets[mid] <= item) lo_c = mid; else hi_c = mid - 1;
+    }
+    item -= a.tile_offsets[lo_c];
+    start = int(a.class_offsets[lo_c]);
+    end = int(a.class_offsets[lo_c + 1]);
+  }
+  tile_pair(item, bi, bj);
+  const int i0 = start + bi * kTile, j0 = start + bj * kTile;
 
   if (tid == 0) {
     misc[0] = 0;
@@ -414,23 +432,26 @@ __global__ void __launch_bounds__(kThreads) k_count(TileArgs a) {
   }
   __syncthreads();
   float acc[4][4];
-  tile_dots(a.xs, a.N, a.D, i0, j0, As, Bs, acc);
+  tile_dots(a.xs, end, a.D, i0, j0, As, Bs, acc);
   const float hi_max = bits_float(misc[0]);
 
   float tp[4][4], tm[4][4];
-  bool same[4][4];
+  bool same[4][4], keep[4][4];
   unsigned live = 0;  // bit 4q + w: pair (q, w) is valid and may be within the largest radius
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int i = i0 + ty + 16 * q;
-    const float ni = i < a.N ? a.norm[i] : 0.f, gi = i < a.N ? a.gx[i] : 0.f;
-    const long long li = (a.groups && i < a.N) ? a.groups[i * a.gstride] : 0;
+    const float ni = i < end ? a.norm[i] : 0.f, gi = i < end ? a.gx[i] : 0.f;
+    const long long li = (a.groups && i < end) ? a.groups[i * a.gstride] : 0;
+    const bool mi = !a.mask || (i < end && a.mask[i]);
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const int j = j0 + tx + 16 * w;
       tp[q][w] = tm[q][w] = 0.f;
       same[q][w] = false;
-      if (i >= a.N || j >= a.N || j <= i) continue;
+      keep[q][w] = false;
+      if (i >= end || j >= end || j <= i) continue;
+      keep[q][w] = mi && (!a.mask || a.mask[j]);
       const float t = (ni + a.norm[j]) - 2.f * acc[q][w];
       const float g = gi + a.gx[j];
       tp[q][w] = t + g;
@@ -463,8 +484,15 @@ __global__ void __launch_bounds__(kThreads) k_count(TileArgs a) {
             in = d2[b] <= e2[k];
           }
           if (in) {
-            ++all;
-            sg += same[q][w] ? 1 : 0;
+            if (keep[q][w]) {
+              ++all;
+              sg += same[q][w] ? 1 : 0;
+            }
+            if (a.neighbors) {  // per-point counts: rare (predicted accuracy), global atomics
+              const int i = i0 + ty + 16 * q, j = j0 + tx + 16 * w;
+              if (!a.mask || a.mask[j]) atomicAdd(a.neighbors + int64_t(i) * R + k, 1ull);
+              if (!a.mask || a.mask[i]) atomicAdd(a.neighbors + int64_t(j) * R + k, 1ull);
+            }
           }
         }
       if (all) atomicAdd(cnt + 2 * k, all);
@@ -492,7 +520,7 @@ inline size_t count_smem(int R) {
 template <class Kernel>
 void launch_tiles(Kernel kernel, TileArgs a, size_t smem, void* stream) {
   const long long nb = (a.N + kTile - 1) / kTile;
-  const long long pairs = nb * (nb + 1) / 2;
+  const long long pairs = a.C > 0 ? a.total_tiles : nb * (nb + 1) / 2;
   GF_ALLOW_SMEM(kernel, smem);
   for (long long p0 = 0; p0 < pairs; p0 += kMaxGrid) {
     a.pair0 = p0;
@@ -794,10 +822,17 @@ inline void count(const CountParams& p) {
   a.stats = reinterpret_cast<unsigned long long*>(p.stats);
   a.R = int(R);
   a.radii = reinterpret_cast<const double*>(p.radii);
-  a.groups = reinterpret_cast<const long long*>(p.groups);
+  a.groups = p.C > 0 ? nullptr : reinterpret_cast<const long long*>(p.groups);
   a.gstride = p.groups_stride;
   a.counts = counts;
-  a.counts_same = counts_same;
+  a.counts_same = p.C > 0 ? nullptr : counts_same;
+  a.C = int(p.C);
+  a.class_offsets = reinterpret_cast<const long long*>(p.class_offsets);
+  a.tile_offsets = reinterpret_cast<const long long*>(p.tile_offsets);
+  a.total_tiles = p.total_tiles;
+  a.mask = reinterpret_cast<const unsigned char*>(p.mask);
+  a.neighbors = reinterpret_cast<unsigned long long*>(p.neighbors);
+  if (p.C > 0 && p.total_tiles == 0) return;
   launch_tiles(k_count, a, count_smem(int(R)), stream);
 }
 

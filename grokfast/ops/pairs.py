@@ -287,6 +287,102 @@ def count_pairs(X, eps: Union[Radius, Sequence[Radius], Tensor, np.ndarray], gro
     return _count_pairs(X, eps, groups, backend, False)[0]
 
 
+class ClassCounts(NamedTuple):
+    """pairs: int64 [R] (or [] for a scalar eps), unordered same-class pairs within each radius
+    (both points in the mask, when one is given); neighbors: int64 [N, R] (or [N]) with, for
+    every point, its same-class neighbours within each radius (neighbours in the mask, when
+    given), or None when not requested."""
+
+    pairs: Tensor
+    neighbors: Optional[Tensor]
+
+
+def _class_ids(name: str, value, N: int, device) -> Tensor:
+    t = as_tensor(name, value)
+    check_same_device({name: t}, device, "X")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name}: expected integer class labels, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != N:
+        raise ValueError(f"{name}: expected shape ({N},) (one label per point of X), "
+                         f"got {tuple(t.shape)}")
+    return t.detach().to(torch.int64)
+
+
+def _mask(value, N: int, device) -> Optional[Tensor]:
+    m = as_tensor("mask", value, optional=True)
+    if m is None:
+        return None
+    check_same_device({"mask": m}, device, "X")
+    if m.dtype != torch.bool:
+        raise TypeError(f"mask: expected a bool tensor, got {m.dtype}")
+    if m.dim() != 1 or m.shape[0] != N:
+        raise ValueError(f"mask: expected shape ({N},) (one flag per point of X), "
+                         f"got {tuple(m.shape)}")
+    return m.detach()
+
+
+def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
+                         backend: Optional[str] = None) -> ClassCounts:
+    """Pairs of points of the same class within each radius, never comparing points of
+    different classes: the cost is the sum over classes of n_c^2, not N^2. The δ-parallelogram
+    counter of grokfast.representation is a client: points are combined representations
+    E_a + E_b (or E_a E_b), classes their results.
+
+    X: float32 [N, D]; classes: integer labels [N] (any values); eps: a radius >= 0 or a 1-D
+    sequence of radii; mask: optional bool [N] (e.g. the training set) restricting both points
+    of a counted pair, and the neighbour side of ``neighbors``. neighbors=True also returns, for
+    every point, how many same-class points lie within each radius. Exact like count_pairs.
+    """
+    x = _points("X", X)
+    radii, scalar = _radii("eps", eps)
+    N = x.shape[0]
+    cls = _class_ids("classes", classes, N, x.device)
+    m = _mask(mask, N, x.device)
+    backend = resolve_backend(backend, x.device, "X")
+    c = ext()
+    R = len(radii)
+    if backend in _GPU_BACKENDS and R > c.pairs_max_radii_gpu:
+        raise ValueError(f"eps: at most {c.pairs_max_radii_gpu} radii on backend {backend!r}, "
+                         f"got {R}; use backend='cpu'")
+    dev = x.device
+    pairs = torch.zeros(R, dtype=torch.int64, device=dev)
+    nb = torch.zeros(N, R, dtype=torch.int64, device=dev) if neighbors else None
+    if R > 0 and N > 1:
+        # Sort by class: each class is a contiguous block and only blocks meet themselves.
+        _, dense = torch.unique(cls, return_inverse=True)
+        order = torch.argsort(dense, stable=True)
+        sizes = torch.bincount(dense)
+        offsets = torch.zeros(sizes.shape[0] + 1, dtype=torch.int64, device=dev)
+        offsets[1:] = torch.cumsum(sizes, 0)
+        blocks = (sizes + 63) // 64
+        tiles = torch.zeros_like(offsets)
+        tiles[1:] = torch.cumsum(blocks * (blocks + 1) // 2, 0)
+        xs = x[order].contiguous()
+        ms = m[order].to(torch.uint8).contiguous() if m is not None else None
+        nbs = torch.zeros(N, R, dtype=torch.int64, device=dev) if neighbors else None
+        r = torch.tensor(radii, dtype=torch.float64, device=dev)
+        p = c.PairsCountParams()
+        p.x = _points_struct(xs)
+        p.R = R
+        p.radii = _ptr(r)
+        p.counts = _ptr(pairs)
+        p.C = int(sizes.shape[0])
+        p.class_offsets, p.tile_offsets = _ptr(offsets), _ptr(tiles)
+        p.total_tiles = int(tiles[-1])
+        p.mask = _ptr(ms)
+        p.neighbors = _ptr(nbs)
+        with _device_ctx(xs):
+            keep = _finish(p, xs, backend, c.pairs_count_workspace, None)
+            c.pairs_count(p, backend)
+        del keep
+        if neighbors:
+            nb[order] = nbs
+    if scalar:
+        pairs = pairs[0]
+        nb = nb[:, 0] if nb is not None else None
+    return ClassCounts(pairs, nb)
+
+
 # Diagnostics for tests and benchmarks: the result plus the kernels' counters (pairs decided by
 # the float64 recomputation, tiles computed / skipped, groups of the CPU leader pass).
 def _components_stats(X, eps, *, backend=None):
