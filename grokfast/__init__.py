@@ -2,8 +2,8 @@
 
 from grokfast._ext import ExtensionUnavailableError, backends
 from grokfast import ops, nn, pairs, ref
-from grokfast import automata, tasks, models, train
+from grokfast import automata, representation, tasks, models, train
 
 __version__ = "0.1.0"
 __all__ = ["ExtensionUnavailableError", "automata", "backends", "models", "nn", "ops", "pairs",
-           "ref", "tasks", "train", "__version__"]
+           "ref", "representation", "tasks", "train", "__version__"]

@@ -173,7 +173,7 @@ def _components(X, eps, backend, want_stats):
     with _device_ctx(x):
         keep = _finish(p, x, backend, c.pairs_components_workspace, stats)
         c.pairs_components(p, backend)
-    del keep
+    keep.clear()  # the workspace may go once the kernel is queued
     return labels, stats
 
 
@@ -216,7 +216,7 @@ def _assign(X, centers, eps, backend, want_stats):
     with _device_ctx(x):
         keep = _finish(p, x, backend, c.pairs_assign_workspace, stats)
         c.pairs_assign(p, backend)
-    del keep
+    keep.clear()  # the workspace may go once the kernel is queued
     return Assignment(index, distance), stats
 
 
@@ -267,7 +267,7 @@ def _count_pairs(X, eps, groups, backend, want_stats):
         with _device_ctx(x):
             keep = _finish(p, x, backend, c.pairs_count_workspace, stats)
             c.pairs_count(p, backend)
-        del keep
+        keep.clear()  # the workspace may go once the kernel is queued
     out = counts if same is None else torch.stack([same, counts - same], 1)
     return (out[0] if scalar else out), stats
 
@@ -374,7 +374,7 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
         with _device_ctx(xs):
             keep = _finish(p, xs, backend, c.pairs_count_workspace, None)
             c.pairs_count(p, backend)
-        del keep
+        keep.clear()  # the workspace may go once the kernel is queued
         if neighbors:
             nb[order] = nbs
     if scalar:
