@@ -1,4 +1,5 @@
-"""The ``grokfast`` command: one subcommand per experiment (``grokfast parity ...``)."""
+"""The ``grokfast`` command: one subcommand per experiment (``grokfast parity ...``) and per
+analysis of a saved run (``grokfast extract --run DIR``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import sys
 from dataclasses import fields
 from typing import Callable, Optional, Sequence
 
-from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, ParityConfig, default_out,
-                                         format_summary, load_config, run_parity)
+from grokfast.experiments.toy import add_parser as _add_toy
+from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, MAX_EXTRACT_LENGTH,
+                                         ParityConfig, default_out, extract_run,
+                                         format_extraction, format_summary, load_config,
+                                         run_parity)
+
+_METHODS = ("components", "leader")
 
 
 def _lengths(text: str) -> list[int]:
@@ -68,6 +74,23 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
                         f"{' '.join(map(str, DEFAULT_EVAL_LENGTHS))})")
     g.add_argument("--eval-count", type=int, metavar="N",
                    help=f"random sequences per evaluation length (default {d.eval_count})")
+    g = p.add_argument_group(
+        "automaton extraction",
+        "Cluster the hidden states of every prefix of the training set within eps and log the "
+        "extracted Moore machine, merger statistics and the training phase (random, tree "
+        "fitting, merging, finite automaton) in metrics.jsonl; the last epoch's machine goes "
+        "to automaton.json / automaton.dot.")
+    g.add_argument("--extract-every", type=int, metavar="K",
+                   help=f"extract every K epochs and at the last; 0 disables "
+                        f"(default {d.extract_every})")
+    g.add_argument("--extract-eps-rel", type=float, metavar="X",
+                   help="clustering radius relative to the norm of the per-unit standard "
+                        "deviation of the states (default 0.1)")
+    g.add_argument("--extract-eps", type=float, metavar="X",
+                   help="absolute clustering radius (instead of --extract-eps-rel)")
+    g.add_argument("--extract-method", choices=_METHODS,
+                   help="connected components of the eps-graph (exact) or greedy leader "
+                        f"clustering as in the paper's code (default {d.extract_method})")
     g = p.add_argument_group("run directory")
     g.add_argument("--out", metavar="DIR",
                    help="run directory (default: a fresh folder under runs/)")
@@ -115,11 +138,46 @@ def _run_parity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract", help="extract the automaton of a saved parity run's checkpoint",
+        description="Load a parity run's config and a checkpoint, extract the Moore machine "
+                    "the network implements (clustering the hidden states of every prefix of "
+                    "the training set), compare it with parity, and write automaton.json and "
+                    "automaton.dot into the run directory (automaton_epoch_NNNNNN.* with "
+                    "--epoch). Clustering settings default to the run's --extract-* settings.")
+    p.add_argument("--run", required=True, metavar="DIR", help="the run directory")
+    p.add_argument("--epoch", type=int, metavar="N",
+                   help="use checkpoints/epoch_N (zero-padded); default the final checkpoint")
+    eps = p.add_mutually_exclusive_group()
+    eps.add_argument("--eps", type=float, metavar="X", help="absolute clustering radius")
+    eps.add_argument("--eps-rel", type=float, metavar="X",
+                     help="radius relative to the spread of the states")
+    p.add_argument("--method", choices=_METHODS, help="clustering (default: the run's)")
+    p.add_argument("--max-length", type=int, metavar="L",
+                   help="extract on every sequence up to length L (1.."
+                        f"{MAX_EXTRACT_LENGTH}) instead of the training set")
+    p.set_defaults(handler=_run_extract, parser=p)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    try:
+        result = extract_run(args.run, args.epoch, eps=args.eps, eps_rel=args.eps_rel,
+                             method=args.method, max_length=args.max_length)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(format_extraction(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grokfast", description="Experiments on how neural networks learn algorithms.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_parity(sub)
+    _add_extract(sub)
+    _add_toy(sub)
     return parser
 
 

@@ -243,7 +243,7 @@ def test_cli_short_run_writes_a_valid_run_directory(tmp_path, capsys):
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     a = run_parity(tiny_config(seed=5), tmp_path / "a", progress=False)
     b = run_parity(tiny_config(seed=5), tmp_path / "b", progress=False)
-    c = run_parity(tiny_config(seed=6), tmp_path / "c", progress=False)
+    run_parity(tiny_config(seed=6), tmp_path / "c", progress=False)
     ra, rb, rc = (_strip_times(read_metrics(tmp_path / n / "metrics.jsonl")) for n in "abc")
     assert ra == rb and ra != rc
     assert a["accuracy"] == b["accuracy"]
@@ -391,3 +391,192 @@ def test_reproduction_generalizes_to_length_10000(seed, tmp_path):
     summary = run_parity(ParityConfig(seed=seed), tmp_path / f"seed{seed}", progress=False)
     assert summary["generalized_epoch"] is not None
     assert all(a == 1.0 for a in summary["accuracy"].values())
+
+
+# ---- automaton extraction during training and from saved runs ------------------------------
+
+from grokfast.automata import MooreMachine, parity  # noqa: E402
+from grokfast.automata.dynamics import PHASES, phase_labels  # noqa: E402
+from grokfast.experiments.parity import EXTRACTION_KEYS, extract_run  # noqa: E402
+
+
+def test_extraction_metrics_summary_and_artefacts(tmp_path):
+    out = tmp_path / "run"
+    summary = run_parity(tiny_config(epochs=4), out, progress=False)
+    records = read_metrics(out / "metrics.jsonl")
+    for r in records:
+        assert set(EXTRACTION_KEYS) <= set(r)
+        assert r["phase"] in PHASES and r["num_states"] >= r["num_states_minimized"] >= 1
+        assert 0 <= r["output_accuracy"] <= 1 and r["undefined_transitions"] >= 0
+        assert r["merged_pairs"] >= r["merged_agreeing_pairs"] >= 0
+        L = 5
+        assert len(r["agreeing_unmerged_by_length"]) == L + 1
+        assert all(len(row) == L + 1 for row in r["agreeing_unmerged_by_length"])
+    assert [r["phase"] for r in records] == phase_labels(records)
+    last = records[-1]
+    assert summary["final_num_states"] == last["num_states"]
+    assert summary["final_num_states_minimized"] == last["num_states_minimized"]
+    assert summary["final_phase"] == last["phase"]
+    assert "finite_automaton_epoch" in summary
+    assert json.loads((out / "summary.json").read_text())["final_phase"] == last["phase"]
+    machine = MooreMachine.from_json(out / "automaton.json")
+    assert machine.num_states == last["num_states"]
+    assert machine.minimize().num_states == last["num_states_minimized"]
+    assert (out / "automaton.dot").read_text().startswith("digraph")
+    assert (out / "figures" / "states.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the CLI re-extracts the final checkpoint with the run's settings: the same machine
+    assert extract_run(out, write=False)["extraction"].machine == machine
+
+
+def test_extract_every_and_disabled_extraction(tmp_path):
+    run_parity(tiny_config(epochs=5, extract_every=2), tmp_path / "k2", progress=False)
+    records = read_metrics(tmp_path / "k2" / "metrics.jsonl")
+    assert [("num_states" in r) for r in records] == [False, True, False, True, True]
+    summary = run_parity(tiny_config(epochs=3, extract_every=0), tmp_path / "off",
+                         progress=False)
+    assert not any("num_states" in r for r in read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    assert summary["final_num_states"] is None and summary["final_phase"] is None
+    assert not (tmp_path / "off" / "automaton.json").exists()
+    assert not (tmp_path / "off" / "figures" / "states.png").exists()
+
+
+def test_resume_with_extraction_equals_an_uninterrupted_run(tmp_path):
+    cfg = dict(epochs=6, extract_every=2, extract_method="leader", extract_eps_rel=0.2)
+    run_parity(tiny_config(**cfg), tmp_path / "straight", progress=False)
+
+    def stop(record):
+        if record["epoch"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_parity(tiny_config(**cfg), tmp_path / "cut", progress=False, on_epoch=stop)
+    run_parity(tiny_config(**cfg), tmp_path / "cut", resume=True, progress=False)
+    # a finished 3-epoch run (extracted at its last epoch 3) extended to 6
+    run_parity(tiny_config(**{**cfg, "epochs": 3}), tmp_path / "ext", progress=False)
+    run_parity(tiny_config(**cfg), tmp_path / "ext", resume=True, progress=False)
+    expected = _strip_times(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert [("phase" in r) for r in expected] == [False, True, False, True, False, True]
+    reference = _final_model(tmp_path / "straight")
+    for name in ("cut", "ext"):
+        assert _strip_times(read_metrics(tmp_path / name / "metrics.jsonl")) == expected
+        for key, tensor in _final_model(tmp_path / name).items():
+            assert torch.equal(tensor, reference[key]), key
+        assert (tmp_path / name / "automaton.json").read_text() == \
+            (tmp_path / "straight" / "automaton.json").read_text()
+
+
+def test_extraction_does_not_change_training(tmp_path):
+    run_parity(tiny_config(epochs=3), tmp_path / "on", progress=False)
+    run_parity(tiny_config(epochs=3, extract_every=0), tmp_path / "off", progress=False)
+    on = _strip_times(read_metrics(tmp_path / "on" / "metrics.jsonl"))
+    off = _strip_times(read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    assert [{k: v for k, v in r.items() if k not in EXTRACTION_KEYS} for r in on] == off
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--extract-every", "-1"], "--extract-every: expected an integer >= 0 (0 disables"),
+    (["--extract-eps", "-0.5"], "--extract-eps: expected a number >= 0, got -0.5"),
+    (["--extract-eps-rel", "nan"], "--extract-eps-rel: expected a number >= 0, got nan"),
+    (["--extract-eps", "1", "--extract-eps-rel", "0.2"],
+     "--extract-eps: give either --extract-eps (absolute) or --extract-eps-rel (relative)"),
+    (["--extract-method", "kmeans"], "argument --extract-method: invalid choice: 'kmeans'"),
+])
+def test_bad_extraction_flags(argv, message, capsys, tmp_path):
+    assert main(["parity", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="--extract-method: expected one of components, leader"):
+        ParityConfig(extract_method="kmeans").validate()
+
+
+def test_automaton_png_when_dot_is_on_path(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dot"  # writes a PNG signature to the file after -o
+    fake.write_text("#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && "
+                    "printf '\\211PNG\\r\\n\\032\\n' > \"$2\"; shift; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    run_parity(tiny_config(epochs=2), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "figures" / "automaton.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _parity_rnn_run(tmp_path):
+    """A run directory holding a hand-made checkpoint: a 4-unit ReLU RNN that computes
+    parity exactly (units: even-after-0, even-after-1, odd-after-0, odd-after-1)."""
+    run = tmp_path / "made"
+    (run / "checkpoints").mkdir(parents=True)
+    config = tiny_config(hidden=4, epochs=1)
+    (run / "config.json").write_text(json.dumps({"experiment": "parity", **config.to_dict()}))
+    model = SequenceRNN(2, 2, 4)
+    even, odd = [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]
+    with torch.no_grad():
+        model.rnn.weight_hh.copy_(torch.tensor([even, odd, odd, even]))
+        model.rnn.weight_ih.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0],
+                                                [0.0, 1.0]]))
+        model.rnn.bias.fill_(-1.0)
+        model.rnn.readout.weight.copy_(torch.tensor([even, odd]))
+        model.rnn.readout.bias.zero_()
+        model.h0.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    save_checkpoint(run / "checkpoints" / "epoch_000007.pt",
+                    {"epoch": 7, "model": model.state_dict()})
+    return run
+
+
+def test_cli_extract_on_a_fabricated_checkpoint(tmp_path, capsys):
+    run = _parity_rnn_run(tmp_path)
+    assert main(["extract", "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 raw, 2 minimized" in printed and "equals parity:   yes" in printed
+    assert "epoch_000007.pt (epoch 7)" in printed and "counterexample" not in printed
+    machine = MooreMachine.from_json(run / "automaton.json")
+    assert machine.num_states == 4 and machine.is_equivalent(parity())
+    assert machine.minimize() == parity().minimize()
+    assert (run / "automaton.dot").read_text().startswith("digraph")
+    # --epoch names the files after the epoch; a longer tree gives the same machine
+    assert main(["extract", "--run", str(run), "--epoch", "7", "--max-length", "9",
+                 "--method", "leader", "--eps", "0.5"]) == 0
+    assert "every sequence up to length 9" in capsys.readouterr().out
+    assert MooreMachine.from_json(run / "automaton_epoch_000007.json") == machine
+    assert (run / "automaton_epoch_000007.dot").is_file()
+    (run / "checkpoints" / "epoch_000008.pt").write_bytes(b"not a checkpoint")
+    assert main(["extract", "--run", str(run), "--epoch", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "epoch_000008.pt is not a readable checkpoint" in err and "Traceback" not in err
+    save_checkpoint(run / "checkpoints" / "epoch_000009.pt", {"epoch": 9})
+    assert main(["extract", "--run", str(run), "--epoch", "9"]) == 2
+    assert "is not a parity checkpoint (no model state)" in capsys.readouterr().err
+
+
+def test_cli_extract_on_a_short_run_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["parity", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    last = read_metrics(out / "metrics.jsonl")[-1]
+    assert main(["extract", "--run", str(out), "--epoch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "(epoch 2)" in printed and "equals parity:" in printed
+    assert (out / "automaton_epoch_000002.json").is_file()
+    assert main(["extract", "--run", str(out)]) == 0
+    assert f"states:          {last['num_states']} raw, {last['num_states_minimized']} " \
+        "minimized" in capsys.readouterr().out
+    for argv, message in [
+        (["--run", str(tmp_path / "missing")], "--run: " + str(tmp_path / "missing")
+         + " is not a directory"),
+        (["--run", str(tmp_path)], "holds no run (no config.json)"),
+        (["--run", str(out), "--epoch", "3"],
+         "--epoch: " + str(out) + " has no checkpoint for epoch 3 "
+         "(checkpoints/epoch_000003.pt); available epochs: 0, 2, 4"),
+        (["--run", str(out), "--eps", "1", "--eps-rel", "0.1"],
+         "argument --eps-rel: not allowed with argument --eps"),
+        (["--run", str(out), "--eps", "-1"], "--eps: expected a number >= 0, got -1.0"),
+        (["--run", str(out), "--max-length", "0"], "--max-length: expected a sequence length"),
+        (["--run", str(out), "--method", "dbscan"], "argument --method: invalid choice"),
+        ([], "the following arguments are required: --run"),
+    ]:
+        assert main(["extract", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    with pytest.raises(ValueError, match="--eps: give either --eps"):
+        extract_run(out, eps=1.0, eps_rel=0.1)
