@@ -9,6 +9,7 @@ readout's predictions. See van Rossem & Saxe (streaming parity, state mergers).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 from grokfast.automata.moore import MooreMachine
 from grokfast.nn import ElmanRNN
 from grokfast.ops import pairs as _pairs
-from grokfast.ops.rnn import rnn as _rnn
+from grokfast.ops._validate import resolve_backend
+from grokfast.ops.rnn import _ACTIVATION_CODE, _Y_LAST, _forward_impl
 
 METHODS = ("components", "leader")
 DEFAULT_EPS_REL = 0.1
@@ -73,8 +75,13 @@ class PrefixTree:
 
     @classmethod
     def full(cls, num_symbols: int, max_length: int) -> "PrefixTree":
-        """Every sequence of length 0..max_length over num_symbols symbols."""
+        """Every sequence of length 0..max_length over num_symbols symbols (cached: the arrays
+        are read-only)."""
         A, L = _positive_int("num_symbols", num_symbols), _nonneg_int("max_length", max_length)
+        return _full_tree(A, L)
+
+    @classmethod
+    def _build_full(cls, A: int, L: int) -> "PrefixTree":
         if (A ** (L + 1) if A > 1 else L + 1) > MAX_TREE_NODES:
             raise ValueError(f"max_length: {A} symbols up to length {L} exceed "
                              f"{MAX_TREE_NODES} tree nodes")
@@ -111,6 +118,14 @@ class PrefixTree:
                 raise ValueError(f"sequences: more than {MAX_TREE_NODES} distinct prefixes")
         cat = lambda parts: np.concatenate(parts).astype(np.int64)  # noqa: E731
         return cls(cat(parent), cat(symbol), cat(depth), A, paths, lengths)
+
+
+@functools.lru_cache(maxsize=16)
+def _full_tree(A: int, L: int) -> PrefixTree:
+    tree = PrefixTree._build_full(A, L)
+    for arr in (tree.parent, tree.symbol, tree.depth, tree.paths, tree.lengths):
+        arr.flags.writeable = False
+    return tree
 
 
 def _positive_int(name: str, value) -> int:
@@ -205,20 +220,29 @@ def _run_elman(r: ElmanRNN, h0: Optional[Tensor], tree: PrefixTree,
     b_out = ro.bias.detach() if ro is not None and ro.bias is not None else None
     if ro is not None:
         outputs[0] = _predict(ro(root[None]).detach(), output_fn)[0]
-    symbols = torch.from_numpy(tree.symbol).to(w.device)
-    parents = torch.from_numpy(tree.parent).to(w.device)
+    symbols = torch.from_numpy(np.array(tree.symbol)).to(w.device)
+    parents = torch.from_numpy(np.array(tree.parent)).to(w.device)
+    # One kernel call per tree level (one step from each parent's state); the arguments are
+    # the model's own validated weights, so the level loop calls the op's implementation
+    # directly in its canonical layout (model dimension 1) without per-call checks.
+    lead = lambda t: t.detach().contiguous().unsqueeze(0) if t is not None else None  # noqa: E731
+    w_ih, w_hh, bias = lead(r.weight_ih), lead(w), lead(r.bias)
+    w_out1, b_out1 = lead(w_out), lead(b_out)
+    backend = resolve_backend(r.backend, w.device)
+    if backend != "cpu" and w.dtype != torch.float32:
+        backend = "cpu"
+    act = _ACTIVATION_CODE[r.activation]
     prev = root[None]
     for d in range(1, tree.max_depth + 1):
         lvl = tree.level(d)
-        x = symbols[lvl].unsqueeze(1)
-        h_in = prev[parents[lvl] - tree.level(d - 1).start]
-        out = _rnn(x, r.weight_ih.detach(), w, r.bias.detach() if r.bias is not None else None,
-                   h_in, w_out, b_out, activation=r.activation, outputs="last", hidden="last",
-                   backend=r.backend)
-        prev = out.h
-        states[lvl] = out.h.float()
-        if out.y is not None:
-            outputs[lvl] = _predict(out.y, output_fn)
+        x = symbols[lvl].view(1, -1, 1)
+        h_in = prev.index_select(0, parents[lvl] - tree.level(d - 1).start).unsqueeze(0)
+        y, _, h_last = _forward_impl(x, w_ih, w_hh, bias, h_in, w_out1, b_out1, act, _Y_LAST,
+                                     False, True, backend)
+        prev = h_last[0]
+        states[lvl] = prev.float()
+        if ro is not None:
+            outputs[lvl] = _predict(y[0], output_fn)
     return _TreeStates(states, outputs.cpu().numpy())
 
 
@@ -274,8 +298,8 @@ def _run_torch_rnn(m: nn.RNNBase, readout, h0, tree: PrefixTree, output_fn,
     outputs = torch.full((N,), -1, dtype=torch.int64, device=p.device)
     states[0] = first[0].float()
     outputs[0] = _predict(readout(top(hx)), output_fn)[0]
-    symbols = torch.from_numpy(tree.symbol).to(p.device)
-    parents = torch.from_numpy(tree.parent).to(p.device)
+    symbols = torch.from_numpy(np.array(tree.symbol)).to(p.device)
+    parents = torch.from_numpy(np.array(tree.parent)).to(p.device)
     prev = hx
     for d in range(1, tree.max_depth + 1):
         lvl = tree.level(d)
@@ -367,10 +391,12 @@ def resolve_eps(states: Tensor, eps, eps_rel) -> float:
     rel = DEFAULT_EPS_REL if eps_rel is None else eps_rel
     if isinstance(rel, bool) or not isinstance(rel, numbers.Real) or not rel >= 0:
         raise ValueError(f"eps_rel: expected a number >= 0, got {rel!r}")
-    finite = states[torch.isfinite(states).all(dim=1)]
+    x = states.detach().cpu().numpy()  # small arrays: numpy avoids torch's per-op threading
+    rows = np.isfinite(x).all(axis=1)
+    finite = x if rows.all() else x[rows]
     if finite.shape[0] < 2:
         return 0.0
-    return float(rel) * float(finite.double().std(dim=0, unbiased=False).norm())
+    return float(rel) * float(np.linalg.norm(finite.std(axis=0, dtype=np.float64)))
 
 
 def leader_clusters(states: Tensor, eps: float) -> np.ndarray:
@@ -394,15 +420,17 @@ def leader_clusters(states: Tensor, eps: float) -> np.ndarray:
     return labels.cpu().numpy()
 
 
-def _cluster(states: Tensor, eps: float, method: str) -> np.ndarray:
-    known = torch.isfinite(states).all(dim=1)
+def _cluster(states: Tensor, eps: float, method: str, known: Optional[Tensor] = None) -> np.ndarray:
+    if known is None:
+        known = torch.from_numpy(np.isfinite(states.detach().cpu().numpy()).all(axis=1)) \
+            .to(states.device)
     if bool(known.all()):
         if method == "leader":
             return leader_clusters(states, eps)
         return _pairs.components(states, eps).cpu().numpy()
     # rows without a known state (a callable's unknown h0) each form their own cluster
     idx = known.nonzero()[:, 0]
-    sub = _cluster(states[idx], eps, method) if idx.numel() else np.zeros(0, np.int64)
+    sub = _cluster(states[idx], eps, method, known[idx]) if idx.numel() else np.zeros(0, np.int64)
     labels = np.full(states.shape[0], -1, dtype=np.int64)
     labels[idx.cpu().numpy()] = sub
     nxt = int(sub.max()) + 1 if sub.size else 0
@@ -607,13 +635,7 @@ def extract_from_states(tree: PrefixTree, states: Tensor, node_outputs: np.ndarr
     r = resolve_eps(states, eps, eps_rel)
     labels = _cluster(states, r, method)
     machine, conflicts, conflicting, out_conflicts = build_machine(tree, labels, node_outputs)
-    S = machine.num_states
-    lab = torch.from_numpy(labels).to(states.device)
-    sums = torch.zeros(S, states.shape[1], dtype=torch.float64, device=states.device)
-    finite = torch.nan_to_num(states.double(), nan=0.0)
-    sums.index_add_(0, lab, finite)
-    sizes = torch.bincount(lab, minlength=S).clamp_min(1).double()[:, None]
-    centers = (sums / sizes).float()
+    centers = _cluster_means(states, labels, machine.num_states)
     result = Extraction(
         machine=machine, minimized=machine.minimize(), eps=r, method=method, tree=tree,
         labels=labels, states=states, node_outputs=node_outputs, centers=centers,
@@ -630,6 +652,21 @@ def extract_from_states(tree: PrefixTree, states: Tensor, node_outputs: np.ndarr
             truth = target.outputs[q[1:][known]]
             result.output_accuracy = float((node_outputs[1:][known] == truth).mean())
     return result
+
+
+def _cluster_means(states: Tensor, labels: np.ndarray, S: int) -> Tensor:
+    """Mean state of each cluster (float32 [S, D], on the device of states); a state without
+    a known vector (NaN) counts as zeros."""
+    x = states.detach().cpu().numpy()
+    if not np.isfinite(x).all():
+        x = np.nan_to_num(x, nan=0.0)
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=S)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64) if x.shape[0] \
+        else np.zeros((S, x.shape[1]))
+    means = sums / np.maximum(sizes, 1)[:, None]
+    return torch.from_numpy(means.astype(np.float32)).to(states.device)
 
 
 def _model_symbols(model, num_symbols: Optional[int]) -> int:
