@@ -1,5 +1,5 @@
-"""δ-parallelogram counting / RQI (grokfast.pairs.count_within_classes, the kernel under
-grokfast.representation.rqi) against what a user would write instead, in the same process.
+"""RQI curves (grokfast.representation.rqi over grokfast.pairs.count_within_classes: every δ in
+one pass) against what a user would write instead, in the same process.
 
     python bench/rqi.py            # p = 1000 modular addition (all ordered samples), d = 128
     python bench/rqi.py --quick    # p = 300
@@ -23,6 +23,8 @@ import time
 import torch
 
 import grokfast
+from grokfast.representation import parallelogram_count, rqi
+from grokfast.tasks import ModularOp
 
 DELTAS = [1e-3, 0.2, 0.5, 1.0, 2.0]
 
@@ -33,8 +35,8 @@ def samples(p: int):
     return a, b, (a + b) % p
 
 
-def grokfast_counts(E, a, b, c):
-    return grokfast.pairs.count_within_classes(E[a] + E[b], c, DELTAS).pairs
+def grokfast_counts(E, task):
+    return parallelogram_count(E, task, DELTAS)
 
 
 def cdist_counts(E, a, b, c):
@@ -97,12 +99,14 @@ def main() -> None:
     # counts at the δ values are neither all nor nothing.
     E = torch.randn(p, d, generator=g) * 0.1
     E[:, :4] += torch.arange(p, dtype=torch.float32)[:, None] / p * torch.randn(4, generator=g)
-    a, b, c = samples(p)
-    ours = grokfast_counts(E, a, b, c)
+    task = ModularOp(p, "x+y")
+    a, b = task.samples[:, 0], task.samples[:, 1]
+    c = task.results
+    ours = grokfast_counts(E, task)
     ref = cdist_counts(E, a, b, c)
     # cdist rounds differently from the exact kernel: agree up to pairs at the threshold
     assert (ours - ref).abs().max() <= max(10, int(ref.max()) // 10 ** 6), (ours, ref)
-    t_ours = timed(lambda: grokfast_counts(E, a, b, c), args.repeats)
+    t_ours = timed(lambda: rqi(E, task, DELTAS), args.repeats)
     t_cdist = timed(lambda: cdist_counts(E, a, b, c), max(1, args.repeats - 1))
     gemm = sgemm_rate()
     flops = p ** 3 * d
