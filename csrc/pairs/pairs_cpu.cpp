@@ -22,6 +22,8 @@
 #include <new>
 #include <vector>
 
+#include <sys/mman.h>
+
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -77,8 +79,14 @@ struct Buffer {
     std::free(data);
     size = n;
     const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
-    data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    // Large buffers on transparent huge pages: one fault per 2 MiB instead of per 4 KiB.
+    constexpr size_t kHuge = size_t(2) << 20;
+    const bool huge = bytes >= 16 * kHuge;
+    data = static_cast<T*>(std::aligned_alloc(huge ? kHuge : 64, huge ? (bytes + kHuge - 1) / kHuge * kHuge : bytes));
     if (!data) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(data, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
     if (zero) std::memset(data, 0, bytes);
   }
   ~Buffer() { std::free(data); }
@@ -253,11 +261,47 @@ void pack(const Scaled& s, int64_t count, IndexFn index_of, Panels& out, int thr
   });
 }
 
+// scale_points and pack in one pass, straight into the panel layout (no row-major copy):
+// panel lane j holds point source[j], or padding where source[j] < 0.
+void scale_into_panels(const Points& x, const Frame& f, const std::vector<int64_t>& source,
+                       Panels& out, int threads) {
+  const int64_t D = x.d, count = int64_t(source.size()), np = ceil_div(count, W);
+  out.count = count;
+  out.d = D;
+  out.data.reset(np * D * W, false);
+  out.norm.reset(np * W, false);
+  out.gx.reset(np * W, false);
+  const double* mean = f.mean.data();
+  parallel_for(ceil_div(np, 64), threads, [&](int64_t c) {
+    for (int64_t p = c * 64; p < std::min(np, (c + 1) * 64); ++p)
+      for (int64_t l = 0; l < W; ++l) {
+        const int64_t j = p * W + l, src = j < count ? source[j] : -1;
+        float* dst = out.data.data + p * D * W + l;
+        if (src < 0) {
+          for (int64_t k = 0; k < D; ++k) dst[k * W] = 0.f;
+          out.norm[j] = INFINITY;
+          out.gx[j] = 0.f;
+          continue;
+        }
+        const float* r = row_ptr(x, src);
+        double sum = 0.0;
+        for (int64_t k = 0; k < D; ++k) {
+          const float o = float((double(r[k * x.stride_d]) - mean[k]) * f.scale);
+          dst[k * W] = o;
+          sum += double(o) * double(o);
+        }
+        out.norm[j] = float(sum);
+        out.gx[j] = std::isinf(f.c) ? INFINITY : f.c * out.norm[j] + 0.5f * kGuardAbs;
+      }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Register-blocked tiles: acc[r][v] = <row r, the 16 columns of panel v>.
 
+// rows[r][k * rs]: rs = 1 for row-major points, W for rows read out of panels.
 template <int MR, int NV>
-inline void dots(int64_t D, const float* const* rows, const float* panels, vf (&acc)[MR][NV]) {
+inline void dots(int64_t D, const float* const* rows, int64_t rs, const float* panels, vf (&acc)[MR][NV]) {
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
   const int64_t ps = D * W;
@@ -265,42 +309,43 @@ inline void dots(int64_t D, const float* const* rows, const float* panels, vf (&
     vf p[NV];
     for (int v = 0; v < NV; ++v) p[v] = loadf(panels + v * ps + k * W);
     for (int r = 0; r < MR; ++r) {
-      const vf s = splat(rows[r][k]);
+      const vf s = splat(rows[r][k * rs]);
       for (int v = 0; v < NV; ++v) acc[r][v] += s * p[v];
     }
   }
 }
 
 template <int MR, int NV, class Epi>
-inline void run_block(int64_t D, const float* const* rows, int64_t r0, const float* panels, Epi& epi) {
+inline void run_block(int64_t D, const float* const* rows, int64_t rs, int64_t r0, const float* panels, Epi& epi) {
   vf acc[MR][NV];
-  dots<MR, NV>(D, rows + r0, panels, acc);
+  dots<MR, NV>(D, rows + r0, rs, panels, acc);
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) epi(r0 + r, v, acc[r][v]);
 }
 
 template <int MR, class Epi>
-inline void run_rows(int64_t D, const float* const* rows, int64_t r0, const float* panels, int np, Epi& epi) {
+inline void run_rows(int64_t D, const float* const* rows, int64_t rs, int64_t r0, const float* panels, int np, Epi& epi) {
   switch (np) {
-    case 4: return run_block<MR, 4>(D, rows, r0, panels, epi);
-    case 3: return run_block<MR, 3>(D, rows, r0, panels, epi);
-    case 2: return run_block<MR, 2>(D, rows, r0, panels, epi);
-    default: return run_block<MR, 1>(D, rows, r0, panels, epi);
+    case 4: return run_block<MR, 4>(D, rows, rs, r0, panels, epi);
+    case 3: return run_block<MR, 3>(D, rows, rs, r0, panels, epi);
+    case 2: return run_block<MR, 2>(D, rows, rs, r0, panels, epi);
+    default: return run_block<MR, 1>(D, rows, rs, r0, panels, epi);
   }
 }
 
 // epi(r, v, dot) for rows [0, nrows) and panels [0, np) (np <= 4); for each row the panels come
 // in ascending order.
 template <class Epi>
-void tile(int64_t D, const float* const* rows, int64_t nrows, const float* panels, int np, Epi&& epi) {
+void tile(int64_t D, const float* const* rows, int64_t nrows, const float* panels, int np, Epi&& epi,
+          int64_t rs = 1) {
   int64_t r = 0;
-  for (; r + 6 <= nrows; r += 6) run_rows<6>(D, rows, r, panels, np, epi);
+  for (; r + 6 <= nrows; r += 6) run_rows<6>(D, rows, rs, r, panels, np, epi);
   switch (nrows - r) {
-    case 5: run_rows<5>(D, rows, r, panels, np, epi); break;
-    case 4: run_rows<4>(D, rows, r, panels, np, epi); break;
-    case 3: run_rows<3>(D, rows, r, panels, np, epi); break;
-    case 2: run_rows<2>(D, rows, r, panels, np, epi); break;
-    case 1: run_rows<1>(D, rows, r, panels, np, epi); break;
+    case 5: run_rows<5>(D, rows, rs, r, panels, np, epi); break;
+    case 4: run_rows<4>(D, rows, rs, r, panels, np, epi); break;
+    case 3: run_rows<3>(D, rows, rs, r, panels, np, epi); break;
+    case 2: run_rows<2>(D, rows, rs, r, panels, np, epi); break;
+    case 1: run_rows<1>(D, rows, rs, r, panels, np, epi); break;
   }
 }
 
@@ -675,8 +720,8 @@ void count_impl(const CountParams& p) {
   Counters stats;
   const int threads = thread_count(p.num_threads, work);
   const Frame frame = make_frame(p.x, nullptr, threads);
-  Scaled s;
-  scale_points(p.x, frame, s, threads);
+  Scaled s;  // row-major scaled points (whole-set mode; classes read rows out of the panels)
+  if (!by_class) scale_points(p.x, frame, s, threads);
   const double* radii = reinterpret_cast<const double*>(p.radii);
   std::vector<float> lo(R), hi(R);
   std::vector<double> eps2(R);
@@ -713,7 +758,7 @@ void count_impl(const CountParams& p) {
     std::vector<int64_t> source(panel_start[C], -1);
     for (int64_t c = 0; c < C; ++c)
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) source[panel_start[c] + i - bounds[c]] = i;
-    pack(s, panel_start[C], [&source](int64_t j) { return source[j]; }, pn, threads);
+    scale_into_panels(p.x, frame, source, pn, threads);
   } else {
     pack(s, N, [](int64_t j) { return j; }, pn, threads);
   }
@@ -737,12 +782,24 @@ void count_impl(const CountParams& p) {
     std::vector<int64_t> row_nb(neighbors ? kTile * R : 0), col_nb(neighbors ? kTile * R : 0);
     int64_t exact = 0;
     const float* rowp[kTile];
-    for (int64_t r = 0; r < ni; ++r) rowp[r] = s.xs.data + (i0 + r) * D;
+    float row_norm[kTile], row_gx[kTile];
+    const int64_t pi = panel_start[c] + bi * kTile;  // i0's lane in the panels (class mode)
+    for (int64_t r = 0; r < ni; ++r) {
+      if (by_class) {
+        rowp[r] = pn.panel((pi + r) / W) + (pi + r) % W;
+        row_norm[r] = pn.norm[pi + r];
+        row_gx[r] = pn.gx[pi + r];
+      } else {
+        rowp[r] = s.xs.data + (i0 + r) * D;
+        row_norm[r] = s.norm[i0 + r];
+        row_gx[r] = s.gx[i0 + r];
+      }
+    }
     tile(D, rowp, ni, panels, int(ceil_div(nj, W)), [&](int64_t r, int v, vf dot) {
       const int64_t i = i0 + r, jb = j0 + v * W;
       if (jb + W - 1 <= i) return;
-      const vf t = (splat(s.norm[i]) + loadf(col_norm + v * W)) - dot * 2.f;
-      const vf g = splat(s.gx[i]) + loadf(col_gx + v * W);
+      const vf t = (splat(row_norm[r]) + loadf(col_norm + v * W)) - dot * 2.f;
+      const vf g = splat(row_gx[r]) + loadf(col_gx + v * W);
       const vf tm = t - g;
       const vi idx = iota_from(jb);
       const uint32_t m = lanes((idx > int32_t(i)) & (idx < int32_t(end)) & ~(tm > hi_max));
@@ -773,7 +830,7 @@ void count_impl(const CountParams& p) {
             for (uint32_t b = in; b; b &= b - 1) col_nb[(jb - j0 + __builtin_ctz(b)) * R + k] += 1;
         }
       }
-    });
+    }, by_class ? W : 1);
     if (neighbors) {
       for (int64_t r = 0; r < kTile; ++r)
         for (int64_t k = 0; k < R; ++k) {

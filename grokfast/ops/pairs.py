@@ -332,6 +332,7 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
     sequence of radii; mask: optional bool [N] (e.g. the training set) restricting both points
     of a counted pair, and the neighbour side of ``neighbors``. neighbors=True also returns, for
     every point, how many same-class points lie within each radius. Exact like count_pairs.
+    Points already ordered by class are used in place (no sorted copy).
     """
     x = _points("X", X)
     radii, scalar = _radii("eps", eps)
@@ -350,16 +351,21 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
     if R > 0 and N > 1:
         # Sort by class: each class is a contiguous block and only blocks meet themselves.
         _, dense = torch.unique(cls, return_inverse=True)
-        order = torch.argsort(dense, stable=True)
+        presorted = bool((dense[1:] >= dense[:-1]).all())
+        order = None if presorted else torch.argsort(dense, stable=True)
         sizes = torch.bincount(dense)
         offsets = torch.zeros(sizes.shape[0] + 1, dtype=torch.int64, device=dev)
         offsets[1:] = torch.cumsum(sizes, 0)
         blocks = (sizes + 63) // 64
         tiles = torch.zeros_like(offsets)
         tiles[1:] = torch.cumsum(blocks * (blocks + 1) // 2, 0)
-        xs = x[order].contiguous()
-        ms = m[order].to(torch.uint8).contiguous() if m is not None else None
-        nbs = torch.zeros(N, R, dtype=torch.int64, device=dev) if neighbors else None
+        xs = x if order is None else x[order].contiguous()
+        ms = None
+        if m is not None:
+            ms = (m if order is None else m[order]).to(torch.uint8).contiguous()
+        nbs = None
+        if neighbors:
+            nbs = nb if order is None else torch.zeros(N, R, dtype=torch.int64, device=dev)
         r = torch.tensor(radii, dtype=torch.float64, device=dev)
         p = c.PairsCountParams()
         p.x = _points_struct(xs)
@@ -375,7 +381,7 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
             keep = _finish(p, xs, backend, c.pairs_count_workspace, None)
             c.pairs_count(p, backend)
         keep.clear()  # the workspace may go once the kernel is queued
-        if neighbors:
+        if neighbors and order is not None:
             nb[order] = nbs
     if scalar:
         pairs = pairs[0]

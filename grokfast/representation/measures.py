@@ -260,9 +260,13 @@ def _combined(e: Tensor, a: np.ndarray, b: np.ndarray) -> Tensor:
         if not e.is_cuda:  # numpy gathers are several times faster than torch's on the CPU
             en = e.numpy()
             with np.errstate(over="ignore"):  # overflow is reported by the caller
-                if en.dtype == np.float32:  # float32 addition: the correctly rounded exact sum
-                    return torch.from_numpy(en[a] + en[b])
                 z = np.empty((M, D), dtype=np.float32)
+                if en.dtype == np.float32:  # float32 addition: the correctly rounded exact sum
+                    # in chunks: temporaries stay small, only z itself is fresh memory
+                    step = max(1, (1 << 18) // D)  # 1 MiB temporaries: reused, never mapped
+                    for s in range(0, M, step):
+                        np.add(en[a[s:s + step]], en[b[s:s + step]], out=z[s:s + step])
+                    return torch.from_numpy(z)
                 step = max(1, _CHUNK_ELEMENTS // D)
                 for s in range(0, M, step):
                     z[s:s + step] = en[a[s:s + step]] + en[b[s:s + step]]
@@ -372,6 +376,9 @@ def parallelogram_count(E, task, delta: Delta, samples=None, mask=None, *,
 
 def _count(E, t: _TaskData, radii: list[float], sel: np.ndarray, m: Optional[np.ndarray],
            metric: str) -> Tensor:
+    # Samples in class order: the kernel then counts the points in place, without a sorted copy.
+    sel = np.flatnonzero(sel) if sel.dtype == bool else np.asarray(sel)
+    sel = sel[np.argsort(t.results[sel], kind="stable")]
     z, radii = _points_and_radii(E, t, sel, radii, metric)
     if z.shape[0] < 2:
         return torch.zeros(len(radii), dtype=torch.int64)
