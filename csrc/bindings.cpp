@@ -147,6 +147,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dz_next", &rnn::BackwardParams::dz_next)
       .def_readwrite("dz0", &rnn::BackwardParams::dz0)
       .def_readwrite("dh0", &rnn::BackwardParams::dh0)
+      .def_readwrite("d_w_hh", &rnn::BackwardParams::d_w_hh)
+      .def_readwrite("h0", &rnn::BackwardParams::h0)
       .def_readwrite("stream", &rnn::BackwardParams::stream)
       .def_readwrite("num_threads", &rnn::BackwardParams::num_threads);
 

@@ -215,8 +215,8 @@ def test_opcheck(op_backend, tokens):
     for gy, mode in ((torch.randn(2, 3, 4, 2), 2), (torch.randn(2, 3, 2), 1)):
         torch.library.opcheck(torch.ops.grokfast.rnn_backward.default,
                               (states, a["w_hh"].detach(), torch.randn(2, 3, 4, 5), None, gy,
-                               a["w_out"].detach(), ids, 3, 0, mode, True, tokens, True, True,
-                               op_backend))
+                               a["w_out"].detach(), ids, a["h0"].detach(), 3, 0, mode, True,
+                               tokens, True, True, True, op_backend))
 
 
 def test_torch_compile():

@@ -87,6 +87,11 @@ struct BackwardParams {
   ptr_t dz_next = 0;  // [M, B, T, H] out: dz_{t+1} at slot t, zeros at T-1
   ptr_t dz0 = 0;      // [M, B, H] out: dz_0
   ptr_t dh0 = 0;      // [M, B, H] out
+  // CPU only: [M, H, H] += sum_t dz_{t+1} h_t^T (+ dz_0 h0^T with h0 [M, B, H]), inside the
+  // pass, so the training step runs no parallel torch op (whose idle OpenMP workers would
+  // spin against this pool). 0: the caller does the GEMM.
+  ptr_t d_w_hh = 0;
+  ptr_t h0 = 0;
   ptr_t stream = 0;
   int num_threads = 0;
 };

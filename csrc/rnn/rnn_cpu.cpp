@@ -273,7 +273,7 @@ int thread_count(int requested, double flops) {
   if (requested > 0) return std::min(requested, hw);
   // Below ~1 ms of work one thread wins: a second one competes for its core with torch's
   // OpenMP workers, which keep spinning for a while after every parallel torch op.
-  return flops < 5e7 ? 1 : hw;
+  return flops < 1e7 ? 1 : hw;
 }
 
 // Batch rows per tile: at most 12 (the tile's states stay in L1), with a tile count
@@ -397,6 +397,33 @@ void forward_impl(const ForwardParams& p) {
   });
 }
 
+// sum[i][j] += sum over (r, t) of dz[r, t, i] * h[r, t, j] for t < T - 1 (dz_next's last slot
+// is zero), plus dz0[r, i] * h0[r, j]: [H x K] x [K x hp] register-blocked products over
+// chunks of K (row, step) pairs, transposed and padded into scratch.
+template <class T>
+void accumulate_outer(int64_t rows, int64_t T_, int64_t H, int64_t hp, const T* dz_next,
+                      const T* states, const T* dz0, const T* h0, T* sum) {
+  constexpr int64_t KC = 128;
+  Buffer<T> a(H * KC), b(KC * hp);  // b's padding lanes stay zero
+  std::vector<const T*> init(H);
+  for (int64_t i = 0; i < H; ++i) init[i] = sum + i * hp;
+  int64_t k = 0;
+  const auto flush = [&] {
+    if (k) gemm_tile<T>(H, k, a.data, KC, b.data, hp, init.data(), sum, hp, Epilogue::Identity);
+    k = 0;
+  };
+  const auto push = [&](const T* dz, const T* h) {
+    for (int64_t i = 0; i < H; ++i) a[i * KC + k] = dz[i];
+    std::memcpy(b.data + k * hp, h, H * sizeof(T));
+    if (++k == KC) flush();
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    if (h0) push(dz0 + r * H, h0 + r * H);
+    for (int64_t t = 0; t + 1 < T_; ++t) push(dz_next + (r * T_ + t) * H, states + (r * T_ + t) * H);
+  }
+  flush();
+}
+
 template <class T>
 void backward_impl(const BackwardParams& p) {
   const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H, I = p.I, O = p.O;
@@ -417,6 +444,8 @@ void backward_impl(const BackwardParams& p) {
   T* d_w_ih_t = ids ? reinterpret_cast<T*>(p.d_w_ih_t) : nullptr;
   T* d_w_out = reinterpret_cast<T*>(p.d_w_out);
   T* d_b_out = reinterpret_cast<T*>(p.d_b_out);
+  T* d_w_hh = reinterpret_cast<T*>(p.d_w_hh);
+  const T* h0 = reinterpret_cast<const T*>(p.h0);
   const bool has_gy = gy && O > 0 && p.gy_mode != OutputMode::None;
 
   // dz_{t+1} (as a row) times W_hh: W_hh itself is the [K = H] x [hp] operand.
@@ -430,12 +459,13 @@ void backward_impl(const BackwardParams& p) {
       std::memcpy(wout_p[m]->data + o * hp, w_out + (m * O + o) * H, H * sizeof(T));
   }
   std::mutex reduce_mutex;
-  const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * 2);
+  const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * (d_w_hh ? 4 : 2));
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
   parallel_for(M * tiles, threads, [&](int64_t item) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
     Buffer<T> src_a(bt * H), src_b(bt * H), init(bt * hp), z(bt * hp);
+    Buffer<T> w_hh_sum(d_w_hh ? H * hp : 0);
     // This tile's share of the (b, t) sums, added to the outputs once at the end.
     Buffer<T> bias_sum(d_bias ? H : 0), emb_sum(d_w_ih_t ? I * H : 0);
     Buffer<T> wout_sum(d_w_out ? O * H : 0), bout_sum(d_b_out ? O : 0);
@@ -500,10 +530,15 @@ void backward_impl(const BackwardParams& p) {
       }
       std::swap(src, nxt);
     }
+    if (d_w_hh) accumulate_outer<T>(rows, T_, H, hp, dz_next + (m * B + b0) * T_ * H,
+                                    states + (m * B + b0) * T_ * H, dz0 + (m * B + b0) * H,
+                                    h0 ? h0 + (m * B + b0) * H : nullptr, w_hh_sum.data);
     std::lock_guard<std::mutex> lock(reduce_mutex);
     const auto add = [](T* dst, const T* part, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] += part[i];
     };
+    if (d_w_hh)
+      for (int64_t i = 0; i < H; ++i) add(d_w_hh + (m * H + i) * H, w_hh_sum.data + i * hp, H);
     if (d_bias) add(d_bias + m * H, bias_sum.data, H);
     if (d_w_ih_t) add(d_w_ih_t + m * I * H, emb_sum.data, I * H);
     if (d_w_out) add(d_w_out + m * O * H, wout_sum.data, O * H);

@@ -113,30 +113,37 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 
 
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
-                    want_w_ih: bool, want_w_out: bool, want_b_out: bool) -> tuple[Tensor, ...]:
+                    want_w_ih: bool, want_w_out: bool, want_b_out: bool,
+                    want_w_hh: bool) -> tuple[Tensor, ...]:
     M, B, T, H = states.shape
     O = w_out.shape[1] if w_out is not None else 0
     # Outputs may not alias one another, so every skipped one gets its own empty tensor.
     sums = [states.new_zeros(shape) if want else states.new_empty(0)
             for shape, want in (((M, H), want_bias), ((M, vocab, H), want_w_ih),
-                                ((M, O, H), want_w_out), ((M, O), want_b_out))]
+                                ((M, O, H), want_w_out), ((M, O), want_b_out),
+                                ((M, H, H), want_w_hh))]
     return (torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H), *sums)
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                    g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
-                   ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
-                   want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
-                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   ids: Optional[Tensor], h0: Optional[Tensor], vocab: int, activation: int,
+                   gy_mode: int, want_bias: bool, want_w_ih: bool, want_w_out: bool,
+                   want_b_out: bool, want_w_hh: bool,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                          Tensor]:
     """BPTT for states [M, B, T, H] (T >= 1) in one pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
-    Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out): dz_next[:, :, t] holds
-    dz_{t+1} (zeros at T-1), dz0 = dz_0, dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the token
-    embedding gradient (needs ids); unrequested sums are empty."""
+    Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
+    holds dz_{t+1} (zeros at T-1), dz0 = dz_0, dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the
+    token embedding gradient (needs ids); d_w_hh (the CPU backend only, with h0 [M, B, H] or
+    None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T; unrequested outputs are empty."""
     c = ext()
     M, B, T, H = states.shape
-    outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out)
+    want_w_hh = want_w_hh and backend == "cpu"
+    outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
+                           want_w_hh)
     g_all = g_all.contiguous() if g_all is not None else None
     g_last = g_last.contiguous() if g_last is not None else None
     gy = gy.contiguous() if gy is not None else None
@@ -155,7 +162,9 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     if ids is not None:
         p.ids = _ptr(ids)
         p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride()
-    p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out = map(_ptr, outs)
+    p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out, p.d_w_hh = map(_ptr, outs)
+    h0 = h0.contiguous() if h0 is not None and want_w_hh else None
+    p.h0 = _ptr(h0)
     p.stream = _stream(states)
     c.rnn_backward(p, backend)
     return outs
@@ -164,18 +173,22 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
 @torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
 def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                     g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
-                    ids: Optional[Tensor], vocab: int, activation: int, gy_mode: int,
-                    want_bias: bool, want_w_ih: bool, want_w_out: bool, want_b_out: bool,
-                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    ids: Optional[Tensor], h0: Optional[Tensor], vocab: int, activation: int,
+                    gy_mode: int, want_bias: bool, want_w_ih: bool, want_w_out: bool,
+                    want_b_out: bool, want_w_hh: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                           Tensor]:
     """The fused backward as a custom op; see _backward_impl."""
-    return _backward_impl(states, w_hh, g_all, g_last, gy, w_out, ids, vocab, activation,
-                          gy_mode, want_bias, want_w_ih, want_w_out, want_b_out, backend)
+    return _backward_impl(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation,
+                          gy_mode, want_bias, want_w_ih, want_w_out, want_b_out, want_w_hh,
+                          backend)
 
 
 @rnn_backward_op.register_fake
-def _(states, w_hh, g_all, g_last, gy, w_out, ids, vocab, activation, gy_mode, want_bias,
-      want_w_ih, want_w_out, want_b_out, backend):
-    return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out)
+def _(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation, gy_mode, want_bias,
+      want_w_ih, want_w_out, want_b_out, want_w_hh, backend):
+    return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
+                           want_w_hh and backend == "cpu")
 
 
 def _setup_context(ctx, inputs, output):
@@ -203,13 +216,15 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         return (None,) * 12
     tokens = not x.is_floating_point()
     vocab = w_ih.shape[2]
-    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out = ctx.backward_fn(
+    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh = ctx.backward_fn(
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
-        x if tokens else None, vocab, ctx.activation, ctx.y_mode,
+        x if tokens else None, h0, vocab, ctx.activation, ctx.y_mode,
         needs[3] and bias is not None, needs[1] and tokens, needs[5] and gy is not None,
-        needs[6] and gy is not None and ctx.has_b_out, ctx.backend)
-    d_x = d_w_ih = d_w_hh = d_h0 = None
-    if needs[2]:
+        needs[6] and gy is not None and ctx.has_b_out, needs[2], ctx.backend)
+    d_x = d_w_ih = d_h0 = None
+    if not needs[2]:
+        d_w_hh = None
+    elif d_w_hh.numel() == 0:  # GPU backends: one batched GEMM outside the kernel
         # dz_{t+1} sits at slot t of dz_next, next to h_t at slot t of states: one GEMM.
         d_w_hh = dz_next.reshape(M, B * T, H).transpose(1, 2) @ states.reshape(M, B * T, H)
         if h0 is not None:
