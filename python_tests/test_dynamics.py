@@ -173,7 +173,8 @@ def test_phases_of_a_typical_run():
     acc = [0.5, 0.5, 0.6, 0.8, 0.92, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     equal = [False] * 10 + [True, True]
     got = phase_labels(_records(states, acc, equal))
-    assert got == [RANDOM] * 4 + [TREE_FITTING] * 3 + [MERGING] * 3 + [FINITE_AUTOMATON] * 2
+    # 9 >= 1.25 * 7: the tree has expanded before its outputs fit
+    assert got == [RANDOM] * 2 + [TREE_FITTING] * 5 + [MERGING] * 3 + [FINITE_AUTOMATON] * 2
     tracker = PhaseTracker()
     assert [tracker.update(s, a, e, True) for s, a, e in zip(states, acc, equal)] == got
     assert tracker.peak == 42 and tracker.phase == FINITE_AUTOMATON
@@ -188,9 +189,15 @@ def test_phase_rules_in_detail():
         [TREE_FITTING, RANDOM, TREE_FITTING, MERGING]
     # equal to the target but incomplete is not a finite automaton
     assert phase_labels(_records([5], [1.0], [True], [1])) == [TREE_FITTING]
-    # equal and complete wins even below the fit threshold; unknown accuracy is random
+    # equal and complete wins even below the fit threshold; unknown accuracy is random unless
+    # the state count has grown by the growth factor over the first one
     assert phase_labels(_records([2, 4], [0.5, None], [True, None])) == \
-        [FINITE_AUTOMATON, RANDOM]
+        [FINITE_AUTOMATON, TREE_FITTING]
+    assert phase_labels(_records([8, 9, 10, 9], [0.5] * 4)) == \
+        [RANDOM, RANDOM, TREE_FITTING, RANDOM]  # 10 >= 1.25 * 8; 9 is back below and unfitted
+    assert phase_labels(_records([8, 9, 10, 9], [0.5] * 4), growth=0.1) == \
+        [RANDOM, TREE_FITTING, TREE_FITTING, MERGING]
+    assert phase_labels(_records([2, 3], [None, None]), growth=0.0) == [RANDOM, TREE_FITTING]
     assert phase_labels(_records([4, 4], [0.85, 0.85]), fit_threshold=0.8) == [TREE_FITTING] * 2
     # records without an extraction keep the tracker as it was
     recs = _records([10, 9], [0.95, 0.95])
@@ -210,3 +217,5 @@ def test_first_epoch_in_phase_and_bad_settings():
         PhaseTracker(fit_threshold=1.5)
     with pytest.raises(ValueError, match=r"merge_drop: expected a number in \[0, 1\)"):
         PhaseTracker(merge_drop=1.0)
+    with pytest.raises(ValueError, match=r"growth: expected a number >= 0"):
+        PhaseTracker(growth=-0.5)

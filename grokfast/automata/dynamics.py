@@ -14,13 +14,19 @@ this order:
 
 1. "finite automaton": the extracted machine is complete (no undefined transitions) and
    equivalent to the target;
-2. "random": the tree output accuracy (``Extraction.output_accuracy``: fraction of non-root
-   prefixes whose readout prediction equals the target's output) is below ``fit_threshold``
-   (default 0.9), or unknown;
+2. "random": the tree is neither fitted nor expanded: the tree output accuracy
+   (``Extraction.output_accuracy``: fraction of non-root prefixes whose readout prediction
+   equals the target's output) is below ``fit_threshold`` (default 0.9) or unknown, and the
+   raw state count is below ``1 + growth`` (default 1.25) times the first extracted count
+   (the network has not yet separated the prefixes into more states than at the start);
 3. "merging": the raw state count is at least ``merge_drop`` (default 10%) below its running
-   peak, the peak taken over the current stretch of fitted epochs (those with accuracy >=
-   fit_threshold; an epoch below the threshold ends the stretch and resets the peak);
-4. "tree fitting": otherwise.
+   peak, the peak taken over the current stretch of fitted or expanded epochs (a random epoch
+   ends the stretch and resets the peak);
+4. "tree fitting": otherwise (the tree states spread apart, or the outputs fit the tree).
+
+With the paper's defaults the loss sits on its plateau for ~500 epochs while the raw state
+count grows (7 -> 27 for seed 0): that growth is the tree phase, so expansion counts as well
+as fit.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ RANDOM, TREE_FITTING, MERGING, FINITE_AUTOMATON = (
 PHASES = (RANDOM, TREE_FITTING, MERGING, FINITE_AUTOMATON)
 DEFAULT_FIT_THRESHOLD = 0.9
 DEFAULT_MERGE_DROP = 0.1
+DEFAULT_GROWTH = 0.25
 MERGER_KEYS = ("pairs_within_eps", "merged_pairs", "merged_agreeing_pairs",
                "merged_agreeing_fraction", "agreeing_pairs", "agreeing_unmerged_by_length")
 
@@ -284,6 +291,8 @@ class PhaseTracker:
 
     fit_threshold: float = DEFAULT_FIT_THRESHOLD
     merge_drop: float = DEFAULT_MERGE_DROP
+    growth: float = DEFAULT_GROWTH
+    initial: Optional[int] = field(default=None, init=False)
     peak: Optional[int] = field(default=None, init=False)
     phase: Optional[str] = field(default=None, init=False)
 
@@ -291,20 +300,28 @@ class PhaseTracker:
         self.fit_threshold = _check_fraction("fit_threshold", self.fit_threshold,
                                              allow_one=True)
         self.merge_drop = _check_fraction("merge_drop", self.merge_drop, allow_one=False)
+        if isinstance(self.growth, bool) or not isinstance(self.growth, numbers.Real) \
+                or not self.growth >= 0:
+            raise ValueError(f"growth: expected a number >= 0, got {self.growth!r}")
+        self.growth = float(self.growth)
 
     def update(self, num_states: int, output_accuracy: Optional[float],
                equals_target: Optional[bool], complete: bool) -> str:
         """The phase of one extracted epoch: raw state count, tree output accuracy (None when
         unknown), whether the machine equals the target (None: no target) and whether it is
         complete (no undefined transitions)."""
+        if self.initial is None:
+            self.initial = num_states
         fitted = output_accuracy is not None and output_accuracy >= self.fit_threshold
-        if fitted:
+        expanded = num_states > self.initial and \
+            num_states >= (1.0 + self.growth) * self.initial - 1e-9
+        if fitted or expanded:
             self.peak = num_states if self.peak is None else max(self.peak, num_states)
         else:
             self.peak = None
         if complete and equals_target:
             phase = FINITE_AUTOMATON
-        elif not fitted:
+        elif not (fitted or expanded):
             phase = RANDOM
         elif num_states <= (1.0 - self.merge_drop) * self.peak + 1e-9:
             phase = MERGING
@@ -332,10 +349,11 @@ def phase_of(extraction, tracker: PhaseTracker) -> str:
 
 def phase_labels(records: Iterable[dict[str, Any]], *,
                  fit_threshold: float = DEFAULT_FIT_THRESHOLD,
-                 merge_drop: float = DEFAULT_MERGE_DROP) -> list[Optional[str]]:
+                 merge_drop: float = DEFAULT_MERGE_DROP,
+                 growth: float = DEFAULT_GROWTH) -> list[Optional[str]]:
     """The phase of every record (per-epoch dicts, as in metrics.jsonl), None for records
     without an extraction (no num_states)."""
-    tracker = PhaseTracker(fit_threshold, merge_drop)
+    tracker = PhaseTracker(fit_threshold, merge_drop, growth)
     return [tracker.update_record(r) for r in records]
 
 
