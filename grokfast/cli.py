@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from typing import Callable, Optional, Sequence
 
+from grokfast.experiments.rundir import run_command
 from grokfast.experiments.toy import add_parser as _add_toy
 from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, MAX_EXTRACT_LENGTH,
                                          ParityConfig, default_out, extract_run,
@@ -104,38 +104,9 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_parity(args: argparse.Namespace) -> int:
-    parser: argparse.ArgumentParser = args.parser
-    given = {f.name: getattr(args, f.name) for f in fields(ParityConfig) if hasattr(args, f.name)}
-    if "eval_lengths" in given:
-        given["eval_lengths"] = tuple(n for group in given["eval_lengths"] for n in group)
-    resume = getattr(args, "resume", False)
-    out = getattr(args, "out", None)
-    try:
-        if resume:
-            if out is None:
-                parser.error("--resume: needs --out DIR, the run directory to continue")
-            base = load_config(out).to_dict()
-            base.update(given)
-            config = ParityConfig.from_dict(base)
-        else:
-            config = ParityConfig(**given)
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    if out is None:
-        out = default_out(config.seed)
-    print(f"run directory: {out}", file=sys.stderr)
-    try:
-        summary = run_parity(config, out, resume=resume,
-                             progress=not getattr(args, "no_progress", False))
-    except ValueError as exc:
-        parser.error(str(exc))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: grokfast parity --resume --out {out}",
-              file=sys.stderr)
-        return 130
-    print(format_summary(summary))
-    return 0
+    return run_command(args, command="parity", config_cls=ParityConfig, load_config=load_config,
+                       default_out=default_out, run=run_parity, format_summary=format_summary,
+                       tuple_fields=("eval_lengths",))
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:

@@ -48,7 +48,6 @@ Run directory::
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -62,7 +61,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from grokfast._ext import backends
+from grokfast.experiments.rundir import check_device, fresh_run_dir, open_run_dir, read_config
 from grokfast.automata.dynamics import (FINITE_AUTOMATON, PHASES, PhaseTracker,
                                         first_epoch_in_phase, merger_stats, phase_of)
 from grokfast.automata.extract import (DEFAULT_EPS_REL, METHODS, Extraction, PrefixTree,
@@ -192,23 +191,11 @@ class ParityConfig:
         return self
 
     def _validate_device(self) -> None:
-        dev = self.device
-        try:
-            parsed = torch.device(dev) if isinstance(dev, str) else None
-        except RuntimeError:
-            parsed = None
-        if parsed is None or parsed.type not in ("cpu", "cuda") or dev.startswith("cpu:"):
-            raise ValueError(f"{flag('device')}: expected 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
-        if parsed.type == "cuda":
-            if not (backends()["cuda"] and torch.cuda.is_available()):
-                raise ValueError(f"{flag('device')}: {dev!r} is not usable here (no GPU visible, "
-                                 "or grokfast was built without CUDA kernels); use --device cpu")
-            if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-                raise ValueError(f"{flag('device')}: {dev!r} does not exist "
-                                 f"({torch.cuda.device_count()} GPU(s) visible)")
+        check_device(self.device, flag('device'))
+        if torch.device(self.device).type == "cuda":
             if self.dtype != "float32":
                 raise ValueError(f"{flag('dtype')}: the CUDA kernels are float32 only, got "
-                                 f"{self.dtype!r} with --device {dev}")
+                                 f"{self.dtype!r} with --device {self.device}")
             if self.hidden > MAX_HIDDEN_GPU:
                 raise ValueError(f"{flag('hidden')}: at most {MAX_HIDDEN_GPU} on CUDA, "
                                  f"got {self.hidden}")
@@ -230,24 +217,12 @@ class ParityConfig:
 
 def default_out(seed: int, root: PathLike = "runs") -> Path:
     """A fresh folder name under ``root``: parity-<date>-<time>-seed<seed>."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"parity-{stamp}-seed{seed}"
-    out, i = base, 1
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
-
-
-def _holds_run(out: Path) -> bool:
-    return any((out / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints"))
+    return fresh_run_dir("parity", seed, root)
 
 
 def load_config(out: PathLike) -> ParityConfig:
     """The config of the run in ``out`` (its config.json)."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--out: {out} holds no run to resume (no config.json)")
-    return ParityConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return read_config(out, ParityConfig)
 
 
 def _check_resume(stored: ParityConfig, given: ParityConfig) -> None:
@@ -353,18 +328,8 @@ def run_parity(config: ParityConfig, out: Optional[PathLike] = None, *, resume: 
     equal except wall times). on_epoch(record) is called after each epoch's metrics line.
     """
     config.validate()
-    if resume:
-        if out is None:
-            raise ValueError("--resume: needs --out DIR, the run directory to continue")
-        out = Path(out)
-        _check_resume(load_config(out), config)
-    else:
-        out = Path(out) if out is not None else default_out(config.seed)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} exists and is not a directory")
-        if _holds_run(out):
-            raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it "
-                             "or choose another directory")
+    out = open_run_dir(out, resume, default=lambda: default_out(config.seed),
+                       check_resume=lambda d: _check_resume(load_config(d), config))
     ckpt_dir = out / "checkpoints"
     found = list_checkpoints(ckpt_dir) if resume else {}
     if found and max(found) > config.epochs:

@@ -76,12 +76,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -89,6 +87,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from grokfast.experiments.rundir import (check_device, fresh_run_dir, open_run_dir, read_config,
+                                         run_command)
 from grokfast.models.toy import ACTIVATIONS, ToyModel
 from grokfast.representation.measures import METRICS, classify_history, predicted_accuracy, rqi
 from grokfast.tasks.algebra import (MAX_PERMUTATION_DEGREE, Addition, AlgebraTask, ModularOp,
@@ -277,20 +277,7 @@ class ToyConfig:
         return self
 
     def _validate_device(self) -> None:
-        dev = self.device
-        try:
-            parsed = torch.device(dev) if isinstance(dev, str) else None
-        except RuntimeError:
-            parsed = None
-        if parsed is None or parsed.type not in ("cpu", "cuda") or dev.startswith("cpu:"):
-            raise ValueError(f"{flag('device')}: expected 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
-        if parsed.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"{flag('device')}: {dev!r} is not usable here (no GPU "
-                                 "visible); use --device cpu")
-            if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-                raise ValueError(f"{flag('device')}: {dev!r} does not exist "
-                                 f"({torch.cuda.device_count()} GPU(s) visible)")
+        check_device(self.device, flag('device'))
 
     # -- (de)serialisation -------------------------------------------------------------------
 
@@ -336,20 +323,12 @@ def make_model(config: ToyConfig, task: AlgebraTask, generator: Optional[torch.G
 
 def default_out(seed: int, root: PathLike = "runs") -> Path:
     """A fresh folder name under ``root``: toy-<date>-<time>-seed<seed>."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"toy-{stamp}-seed{seed}"
-    out, i = base, 1
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
+    return fresh_run_dir("toy", seed, root)
 
 
 def load_config(out: PathLike) -> ToyConfig:
     """The config of the run in ``out`` (its config.json)."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--out: {out} holds no run to resume (no config.json)")
-    return ToyConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return read_config(out, ToyConfig)
 
 
 def step_checkpoint_path(directory: PathLike, step: int) -> Path:
@@ -365,10 +344,6 @@ def list_step_checkpoints(directory: PathLike) -> dict[int, Path]:
     found = {int(m.group(1)): p for p in directory.iterdir()
              if (m := _STEP_FILE.match(p.name))}
     return dict(sorted(found.items()))
-
-
-def _holds_run(out: Path) -> bool:
-    return any((out / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints"))
 
 
 def _check_resume(stored: ToyConfig, given: ToyConfig) -> None:
@@ -510,18 +485,8 @@ def run_toy(config: ToyConfig, out: Optional[PathLike] = None, *, resume: bool =
     except wall times). on_step(record) is called after each logged step's record is made.
     """
     config.validate()
-    if resume:
-        if out is None:
-            raise ValueError("--resume: needs --out DIR, the run directory to continue")
-        out = Path(out)
-        _check_resume(load_config(out), config)
-    else:
-        out = Path(out) if out is not None else default_out(config.seed)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} exists and is not a directory")
-        if _holds_run(out):
-            raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it "
-                             "or choose another directory")
+    out = open_run_dir(out, resume, default=lambda: default_out(config.seed),
+                       check_resume=lambda d: _check_resume(load_config(d), config))
     ckpt_dir = out / "checkpoints"
     found = list_step_checkpoints(ckpt_dir) if resume else {}
     if found and max(found) > config.steps:
@@ -992,36 +957,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(args: argparse.Namespace) -> int:
     """Handler of ``grokfast toy``: build the config from the parsed flags, run, print the
     summary. Returns the exit code (argparse errors exit with 2 through parser.error)."""
-    parser: argparse.ArgumentParser = args.parser
-    given = {f.name: getattr(args, f.name) for f in fields(ToyConfig) if hasattr(args, f.name)}
-    for name in ("hidden", "embed_steps"):
-        if name in given:
-            given[name] = tuple(n for group in given[name] for n in group)
-    resume = getattr(args, "resume", False)
-    out = getattr(args, "out", None)
-    try:
-        if resume:
-            if out is None:
-                parser.error("--resume: needs --out DIR, the run directory to continue")
-            base = load_config(out).to_dict()
-            base.update(given)
-            config = ToyConfig.from_dict(base)
-        else:
-            config = ToyConfig(**given)
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    if out is None:
-        out = default_out(config.seed)
-    print(f"run directory: {out}", file=sys.stderr)
-    try:
-        summary = run_toy(config, out, resume=resume,
-                          progress=not getattr(args, "no_progress", False))
-    except ValueError as exc:
-        parser.error(str(exc))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: grokfast toy --resume --out {out}",
-              file=sys.stderr)
-        return 130
-    print(format_summary(summary))
-    return 0
+    return run_command(args, command="toy", config_cls=ToyConfig, load_config=load_config,
+                       default_out=default_out, run=run_toy, format_summary=format_summary,
+                       tuple_fields=("hidden", "embed_steps"))
