@@ -105,6 +105,13 @@ def _radii(name: str, value) -> tuple[list[float], bool]:
 # Plumbing
 
 
+def _check_radii_count(R: int, backend: str) -> None:
+    limit = ext().pairs_max_radii_gpu
+    if backend in _GPU_BACKENDS and R > limit:
+        raise ValueError(f"eps: at most {limit} radii on backend {backend!r}, got {R}; "
+                         "use backend='cpu'")
+
+
 def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
@@ -248,9 +255,7 @@ def _count_pairs(X, eps, groups, backend, want_stats):
     backend = resolve_backend(backend, x.device, "X")
     c = ext()
     R = len(radii)
-    if backend in _GPU_BACKENDS and R > c.pairs_max_radii_gpu:
-        raise ValueError(f"eps: at most {c.pairs_max_radii_gpu} radii on backend {backend!r}, "
-                         f"got {R}; use backend='cpu'")
+    _check_radii_count(R, backend)
     counts = torch.zeros(R, dtype=torch.int64, device=x.device)
     same = torch.zeros(R, dtype=torch.int64, device=x.device) if g is not None else None
     stats = _new_stats(x, want_stats)
@@ -342,9 +347,7 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
     backend = resolve_backend(backend, x.device, "X")
     c = ext()
     R = len(radii)
-    if backend in _GPU_BACKENDS and R > c.pairs_max_radii_gpu:
-        raise ValueError(f"eps: at most {c.pairs_max_radii_gpu} radii on backend {backend!r}, "
-                         f"got {R}; use backend='cpu'")
+    _check_radii_count(R, backend)
     dev = x.device
     pairs = torch.zeros(R, dtype=torch.int64, device=dev)
     nb = torch.zeros(N, R, dtype=torch.int64, device=dev) if neighbors else None
