@@ -203,3 +203,25 @@ def test_state_map_reentered_initial_with_a_twin():
     m = raw.minimize()
     sm = state_map(raw, m)
     assert m.outputs[sm[0]] == 1 and m.outputs[sm[1]] == 0
+
+
+def test_too_many_centers_on_gpu_backends():
+    w, tables = random_problem(5, 2, 2, 3, 2, 2, seed=1)
+    tables = dict(tables, centers=torch.zeros(2049, 5),
+                  center_state=torch.zeros(2049, dtype=torch.int64))
+    with pytest.raises(ValueError, match="centers: at most 2048 centers on backend 'cuda-emulated'"):
+        rnn_track(**w, **tables, activation="tanh", num_sequences=1, length=2,
+                  backend="cuda-emulated")
+    r = rnn_track(**w, **tables, activation="tanh", num_sequences=1, length=2, backend="cpu")
+    assert r.agree_steps.shape == (1,)
+
+
+def test_float64_model_takes_the_stepwise_path():
+    m = trained_parity().double()
+    ex = extract(m, target=parity(), max_length=6)
+    assert ex.equals_target
+    v = validate(m, ex, num_sequences=3, length=400, seed=0)
+    w = validate(trained_parity(), extract(trained_parity(), target=parity(), max_length=6),
+                 num_sequences=3, length=400, seed=0)
+    assert v.all_agree and (v.accuracy == 1.0).all()
+    assert np.array_equal(v.first_disagreement, w.first_disagreement)
