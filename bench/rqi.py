@@ -3,6 +3,7 @@ one pass) against what a user would write instead, in the same process.
 
     python bench/rqi.py            # p = 1000 modular addition (all ordered samples), d = 128
     python bench/rqi.py --quick    # p = 300
+    python bench/rqi.py --device cuda   # grokfast's CUDA kernel and cdist on the GPU
 
 Baselines: "torch cdist": per result class, torch.cdist of the combined representations
 E_a + E_b (direct differences: cdist's default matrix-product mode loses every small distance
@@ -41,7 +42,7 @@ def grokfast_counts(E, task):
 
 def cdist_counts(E, a, b, c):
     Z = E[a] + E[b]
-    out = torch.zeros(len(DELTAS), dtype=torch.int64)
+    out = torch.zeros(len(DELTAS), dtype=torch.int64, device=E.device)
     order = torch.argsort(c, stable=True)
     sizes = torch.bincount(c).tolist()
     start = 0
@@ -52,8 +53,8 @@ def cdist_counts(E, a, b, c):
         iu = torch.triu_indices(n, n, 1)
         du = d[iu[0], iu[1]]
         for k, delta in enumerate(DELTAS):
-            out[k] += int((du <= delta).sum())
-    return out
+            out[k] += (du <= delta).sum()
+    return out.cpu()
 
 
 def python_loop_counts(E, p: int, delta: float) -> int:
@@ -71,20 +72,25 @@ def python_loop_counts(E, p: int, delta: float) -> int:
     return count
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: str = "cpu") -> float:
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def sgemm_rate() -> float:
+def sgemm_rate(device: str) -> float:
     n = 4096
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    t = timed(lambda: torch.mm(a, b), 3)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = timed(lambda: torch.mm(a, b), 3, device)
     return 2 * n ** 3 / t
 
 
@@ -92,26 +98,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # an SGEMM rate, not TF32
     p, d = (300, 128) if args.quick else (1000, 128)
     g = torch.Generator().manual_seed(0)
     # A partly structured representation: linear in a few dimensions plus noise, so the
     # counts at the δ values are neither all nor nothing.
     E = torch.randn(p, d, generator=g) * 0.1
     E[:, :4] += torch.arange(p, dtype=torch.float32)[:, None] / p * torch.randn(4, generator=g)
+    E = E.to(args.device)
     task = ModularOp(p, "x+y")
-    a, b = task.samples[:, 0], task.samples[:, 1]
-    c = task.results
+    a, b = task.samples[:, 0].to(args.device), task.samples[:, 1].to(args.device)
+    c = task.results.to(args.device)
     ours = grokfast_counts(E, task)
     ref = cdist_counts(E, a, b, c)
     # cdist sums in float32, the kernel decides exactly: they differ only at the threshold
     assert (ours - ref).abs().max() <= max(10, int(ref.max()) // 10 ** 5), (ours, ref)
-    t_ours = timed(lambda: rqi(E, task, DELTAS), args.repeats)
-    t_cdist = timed(lambda: cdist_counts(E, a, b, c), max(1, args.repeats - 1))
-    gemm = sgemm_rate()
+    t_ours = timed(lambda: rqi(E, task, DELTAS), args.repeats, args.device)
+    t_cdist = timed(lambda: cdist_counts(E, a, b, c), max(1, args.repeats - 1), args.device)
+    gemm = sgemm_rate(args.device)
     flops = p ** 3 * d
+    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"# RQI counts: modular addition p = {p}, d = {d}, {len(DELTAS)} δ in one pass "
-          f"({platform.processor() or 'cpu'}, torch {torch.__version__}, "
+          f"({where}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads)")
     print("| what | grokfast s | torch cdist s | ratio | grokfast GFLOP/s (p^3 d) | % of SGEMM |")
     print("|---|---|---|---|---|---|")
