@@ -70,7 +70,7 @@ def _all_finite(x: Tensor) -> bool:
         return bool(np.isfinite(a.sum(dtype=np.float32))) or bool(np.isfinite(a).all())
 
 
-def _radius(name: str, value) -> float:
+def _radius(name: str, value, what: str = "radius") -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.dim() > 1:
             raise TypeError(f"{name}: expected a number, got a tensor of shape {tuple(value.shape)}")
@@ -83,22 +83,23 @@ def _radius(name: str, value) -> float:
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     r = float(value)
     if math.isnan(r) or r < 0:
-        raise ValueError(f"{name}: expected a radius >= 0, got {r}")
+        raise ValueError(f"{name}: expected a {what} >= 0, got {r}")
     return r
 
 
-def _radii(name: str, value) -> tuple[list[float], bool]:
-    """(radii, scalar): a number gives one radius; a 1-D sequence, array or tensor several."""
+def _radii(name: str, value, what: str = "radius") -> tuple[list[float], bool]:
+    """(radii, scalar): a number gives one radius; a 1-D sequence, array or tensor several.
+    ``what`` names one value in errors ("radius", "threshold")."""
     if isinstance(value, (Tensor, np.ndarray)) and value.ndim == 0:
-        return [_radius(name, value)], True
+        return [_radius(name, value, what)], True
     if isinstance(value, (Tensor, np.ndarray)):
         if value.ndim != 1:
-            raise ValueError(f"{name}: expected a number or a 1-D sequence of radii, "
+            raise ValueError(f"{name}: expected a number or a 1-D sequence of {what} values, "
                              f"got shape {tuple(value.shape)}")
         value = value.tolist()
     if isinstance(value, (list, tuple)):
-        return [_radius(f"{name}[{k}]", v) for k, v in enumerate(value)], False
-    return [_radius(name, value)], True
+        return [_radius(f"{name}[{k}]", v, what) for k, v in enumerate(value)], False
+    return [_radius(name, value, what)], True
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +136,25 @@ def _finish(p, x: Tensor, backend: str, workspace_fn, stats: Optional[Tensor]):
     p.stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
     p.stats = _ptr(stats)
     return keep
+
+
+def _run_count(x: Tensor, radii: list[float], counts: Tensor, backend: str,
+               stats: Optional[Tensor], **fields) -> None:
+    """The count kernel over x for the radii into counts; ``fields`` set the rest of
+    PairsCountParams (groups, or the within-class mode)."""
+    c = ext()
+    r = torch.tensor(radii, dtype=torch.float64, device=x.device)
+    p = c.PairsCountParams()
+    p.x = _points_struct(x)
+    p.R = len(radii)
+    p.radii = _ptr(r)
+    p.counts = _ptr(counts)
+    for name, value in fields.items():
+        setattr(p, name, value)
+    with _device_ctx(x):
+        keep = _finish(p, x, backend, c.pairs_count_workspace, stats)
+        c.pairs_count(p, backend)
+    keep.clear()  # the workspace may go once the kernel is queued
 
 
 def _device_ctx(x: Tensor):
@@ -253,26 +273,16 @@ def _count_pairs(X, eps, groups, backend, want_stats):
                              f"got {tuple(g.shape)}")
         g = g.detach().to(torch.int64)
     backend = resolve_backend(backend, x.device, "X")
-    c = ext()
     R = len(radii)
     _check_radii_count(R, backend)
     counts = torch.zeros(R, dtype=torch.int64, device=x.device)
     same = torch.zeros(R, dtype=torch.int64, device=x.device) if g is not None else None
     stats = _new_stats(x, want_stats)
     if R > 0 and N > 1:
-        r = torch.tensor(radii, dtype=torch.float64, device=x.device)
-        p = c.PairsCountParams()
-        p.x = _points_struct(x)
-        p.R = R
-        p.radii = _ptr(r)
+        extra = {}
         if g is not None:
-            p.groups, p.groups_stride = _ptr(g), g.stride(0)
-            p.counts_same = _ptr(same)
-        p.counts = _ptr(counts)
-        with _device_ctx(x):
-            keep = _finish(p, x, backend, c.pairs_count_workspace, stats)
-            c.pairs_count(p, backend)
-        keep.clear()  # the workspace may go once the kernel is queued
+            extra = dict(groups=_ptr(g), groups_stride=g.stride(0), counts_same=_ptr(same))
+        _run_count(x, radii, counts, backend, stats, **extra)
     out = counts if same is None else torch.stack([same, counts - same], 1)
     return (out[0] if scalar else out), stats
 
@@ -345,7 +355,6 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
     cls = _class_ids("classes", classes, N, x.device)
     m = _mask(mask, N, x.device)
     backend = resolve_backend(backend, x.device, "X")
-    c = ext()
     R = len(radii)
     _check_radii_count(R, backend)
     dev = x.device
@@ -369,21 +378,9 @@ def count_within_classes(X, classes, eps, *, mask=None, neighbors: bool = False,
         nbs = None
         if neighbors:
             nbs = nb if order is None else torch.zeros(N, R, dtype=torch.int64, device=dev)
-        r = torch.tensor(radii, dtype=torch.float64, device=dev)
-        p = c.PairsCountParams()
-        p.x = _points_struct(xs)
-        p.R = R
-        p.radii = _ptr(r)
-        p.counts = _ptr(pairs)
-        p.C = int(sizes.shape[0])
-        p.class_offsets, p.tile_offsets = _ptr(offsets), _ptr(tiles)
-        p.total_tiles = int(tiles[-1])
-        p.mask = _ptr(ms)
-        p.neighbors = _ptr(nbs)
-        with _device_ctx(xs):
-            keep = _finish(p, xs, backend, c.pairs_count_workspace, None)
-            c.pairs_count(p, backend)
-        keep.clear()  # the workspace may go once the kernel is queued
+        _run_count(xs, radii, pairs, backend, None, C=int(sizes.shape[0]),
+                   class_offsets=_ptr(offsets), tile_offsets=_ptr(tiles),
+                   total_tiles=int(tiles[-1]), mask=_ptr(ms), neighbors=_ptr(nbs))
         if neighbors and order is not None:
             nb[order] = nbs
     if scalar:

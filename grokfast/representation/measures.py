@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from grokfast.ops.pairs import _radii
 from grokfast.pairs import count_within_classes
 
 Delta = Union[float, int, Sequence[float], Tensor, np.ndarray]
@@ -184,26 +185,7 @@ def _lookup_pairs(name: str, pairs: np.ndarray, t: _TaskData) -> np.ndarray:
 
 def _deltas(value) -> tuple[list[float], bool]:
     """(radii, scalar) from a number or a 1-D sequence; names ``delta`` in errors."""
-    def one(v, where):
-        if isinstance(v, (Tensor, np.ndarray)):
-            v = v.item()
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{where}: expected a number, got {type(v).__name__}")
-        f = float(v)
-        if math.isnan(f) or f < 0:
-            raise ValueError(f"{where}: expected a threshold >= 0, got {f}")
-        return f
-
-    if isinstance(value, (Tensor, np.ndarray)):
-        if value.ndim == 0:
-            return [one(value, "delta")], True
-        if value.ndim != 1:
-            raise ValueError(f"delta: expected a number or a 1-D sequence, got shape "
-                             f"{tuple(value.shape)}")
-        return [one(v, f"delta[{k}]") for k, v in enumerate(value.tolist())], False
-    if isinstance(value, (list, tuple)):
-        return [one(v, f"delta[{k}]") for k, v in enumerate(value)], False
-    return [one(value, "delta")], True
+    return _radii("delta", value, "threshold")
 
 
 def _embeddings(E, p: int) -> Tensor:
