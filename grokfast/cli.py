@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from grokfast.experiments.rundir import run_command
+from grokfast.experiments.rundir import add_run_dir_arguments, run_command
 from grokfast.experiments.toy import add_parser as _add_toy
 from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, MAX_EXTRACT_LENGTH,
                                          ParityConfig, default_out, extract_run,
@@ -91,15 +91,7 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--extract-method", choices=_METHODS,
                    help="connected components of the eps-graph (exact) or greedy leader "
                         f"clustering as in the paper's code (default {d.extract_method})")
-    g = p.add_argument_group("run directory")
-    g.add_argument("--out", metavar="DIR",
-                   help="run directory (default: a fresh folder under runs/)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint (or extend it "
-                        "with a larger --epochs); other settings come from its config.json")
-    g.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help=f"(default {d.checkpoint_every})")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_dir_arguments(p, length_flag="--epochs", checkpoint_every=d.checkpoint_every)
     p.set_defaults(handler=_run_parity, parser=p)
 
 

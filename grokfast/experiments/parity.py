@@ -61,7 +61,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from grokfast.experiments.rundir import check_device, fresh_run_dir, open_run_dir, read_config
+from grokfast.experiments.rundir import (check_device, flag, fresh_run_dir, is_int, is_real,
+                                         open_run_dir, read_config)
 from grokfast.automata.dynamics import (FINITE_AUTOMATON, PHASES, PhaseTracker,
                                         first_epoch_in_phase, merger_stats, phase_of)
 from grokfast.automata.extract import (DEFAULT_EPS_REL, METHODS, Extraction, PrefixTree,
@@ -88,19 +89,6 @@ EXTRACTION_KEYS = ("num_states", "num_states_minimized", "equals_target", "phase
                    "merged_agreeing_pairs", "merged_agreeing_fraction", "agreeing_pairs",
                    "agreeing_unmerged_by_length")
 MAX_EXTRACT_LENGTH = 20
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a config field (hidden -> --hidden, loss_on -> --loss-on)."""
-    return "--" + name.replace("_", "-")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -146,20 +134,20 @@ class ParityConfig:
 
         for name in ("epochs", "hidden", "batch_size", "eval_every", "eval_count",
                      "checkpoint_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
-        if not _is_int(self.max_length) or self.max_length < 1:
+        if not is_int(self.max_length) or self.max_length < 1:
             raise bad("max_length", "a sequence length >= 1")
         if self.max_length > 20:
             raise bad("max_length", "at most 20 (2^L sequences of every length are enumerated)")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise bad("seed", "a non-negative integer")
-        if not _is_real(self.train_fraction) or not 0 < self.train_fraction <= 1:
+        if not is_real(self.train_fraction) or not 0 < self.train_fraction <= 1:
             raise bad("train_fraction", "a fraction in (0, 1]")
         for name in ("init_scale", "lr"):
-            if not _is_real(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_real(getattr(self, name)) or getattr(self, name) <= 0:
                 raise bad(name, "a positive number")
-        if not _is_real(self.bias_lr_scale) or self.bias_lr_scale < 0:
+        if not is_real(self.bias_lr_scale) or self.bias_lr_scale < 0:
             raise bad("bias_lr_scale", "a non-negative number")
         if not isinstance(self.learn_h0, bool):
             raise bad("learn_h0", "True or False")
@@ -171,16 +159,16 @@ class ParityConfig:
         if not isinstance(lengths, tuple) or not lengths:
             raise bad("eval_lengths", "one or more sequence lengths")
         for n in lengths:
-            if not _is_int(n) or n < 1:
+            if not is_int(n) or n < 1:
                 raise ValueError(f"{flag('eval_lengths')}: sequence lengths must be integers "
                                  f">= 1, got {n!r}")
         if len(set(lengths)) != len(lengths):
             raise bad("eval_lengths", "distinct lengths")
-        if not _is_int(self.extract_every) or self.extract_every < 0:
+        if not is_int(self.extract_every) or self.extract_every < 0:
             raise bad("extract_every", "an integer >= 0 (0 disables extraction)")
         for name in ("extract_eps", "extract_eps_rel"):
             v = getattr(self, name)
-            if v is not None and (not _is_real(v) or v < 0):
+            if v is not None and (not is_real(v) or v < 0):
                 raise bad(name, "a number >= 0")
         if self.extract_eps is not None and self.extract_eps_rel is not None:
             raise ValueError(f"{flag('extract_eps')}: give either {flag('extract_eps')} "
@@ -668,7 +656,7 @@ def _checkpoint_for(run_dir: Path, epoch: Optional[int]) -> tuple[Path, Optional
             raise ValueError(f"--run: {run_dir} has no checkpoints (no checkpoints/final.pt "
                              "or checkpoints/epoch_NNNNNN.pt)")
         return found[max(found)], None
-    if not _is_int(epoch) or epoch < 0:
+    if not is_int(epoch) or epoch < 0:
         raise ValueError(f"--epoch: expected an epoch >= 0, got {epoch!r}")
     if epoch not in found:
         have = ", ".join(str(e) for e in found) if found else "none"
@@ -704,11 +692,11 @@ def extract_run(run_dir: PathLike, epoch: Optional[int] = None, *,
     if eps is not None and eps_rel is not None:
         raise ValueError("--eps: give either --eps (absolute) or --eps-rel (relative), not both")
     for name, v in (("eps", eps), ("eps_rel", eps_rel)):
-        if v is not None and (not _is_real(v) or v < 0):
+        if v is not None and (not is_real(v) or v < 0):
             raise ValueError(f"{flag(name)}: expected a number >= 0, got {v!r}")
     if method is not None and method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
-    if max_length is not None and (not _is_int(max_length)
+    if max_length is not None and (not is_int(max_length)
                                    or not 1 <= max_length <= MAX_EXTRACT_LENGTH):
         raise ValueError(f"--max-length: expected a sequence length in 1..{MAX_EXTRACT_LENGTH}, "
                          f"got {max_length!r}")

@@ -6,12 +6,41 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 PathLike = Union[str, Path]
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field (hidden -> --hidden, loss_on -> --loss-on)."""
+    return "--" + name.replace("_", "-")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def add_run_dir_arguments(parser: argparse.ArgumentParser, *, length_flag: str,
+                          checkpoint_every: int) -> None:
+    """The "run directory" flags every experiment shares; length_flag is the one --resume can
+    raise to extend a finished run (--epochs, --steps)."""
+    g = parser.add_argument_group("run directory")
+    g.add_argument("--out", metavar="DIR",
+                   help="run directory (default: a fresh folder under runs/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (or extend it "
+                        f"with a larger {length_flag}); other settings come from its config.json")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help=f"(default {checkpoint_every})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def check_device(dev: Any, flag_text: str = "--device") -> None:

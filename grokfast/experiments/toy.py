@@ -87,7 +87,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from grokfast.experiments.rundir import (check_device, fresh_run_dir, open_run_dir, read_config,
+from grokfast.experiments.rundir import (add_run_dir_arguments, check_device, flag, is_int,
+                                         is_real, fresh_run_dir, open_run_dir, read_config,
                                          run_command)
 from grokfast.models.toy import ACTIVATIONS, ToyModel
 from grokfast.representation.measures import METRICS, classify_history, predicted_accuracy, rqi
@@ -114,19 +115,6 @@ METRIC_KEYS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 _FLUSH_SECONDS = 2.0
 SMALL_WORK = 1 << 16  # training samples x widest layer below which a CPU run uses 1 thread
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a config field (train_frac -> --train-frac)."""
-    return "--" + name.replace("_", "-")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_prime(n: int) -> bool:
@@ -219,29 +207,29 @@ class ToyConfig:
 
         if self.op not in OPS:
             raise bad("op", "one of " + ", ".join(OPS))
-        if not _is_int(self.threads) or self.threads < 0:
+        if not is_int(self.threads) or self.threads < 0:
             raise bad("threads", "an integer >= 0 (0: automatic)")
         for name in ("steps", "out_dim", "log_every", "checkpoint_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
-        if not _is_int(self.p) or not 2 <= self.p <= MAX_P:
+        if not is_int(self.p) or not 2 <= self.p <= MAX_P:
             raise bad("p", f"an integer in 2..{MAX_P} (the number of symbols)")
         if self.op == "x/y" and not _is_prime(self.p):
             raise bad("p", "a prime for --op x/y (division needs inverses mod p)")
-        if not _is_int(self.n) or not 2 <= self.n <= MAX_PERMUTATION_DEGREE:
+        if not is_int(self.n) or not 2 <= self.n <= MAX_PERMUTATION_DEGREE:
             raise bad("n", f"an integer in 2..{MAX_PERMUTATION_DEGREE} (the degree of S_n)")
-        if not _is_real(self.train_frac) or not 0 < self.train_frac <= 1:
+        if not is_real(self.train_frac) or not 0 < self.train_frac <= 1:
             raise bad("train_frac", "a fraction in (0, 1]")
         for name in ("seed", "split_seed"):
             v = getattr(self, name)
-            if (v is not None or name == "seed") and (not _is_int(v) or v < 0):
+            if (v is not None or name == "seed") and (not is_int(v) or v < 0):
                 raise bad(name, "a non-negative integer")
-        if self.embed_dim is not None and (not _is_int(self.embed_dim) or self.embed_dim < 1):
+        if self.embed_dim is not None and (not is_int(self.embed_dim) or self.embed_dim < 1):
             raise bad("embed_dim", "a positive integer")
         if self.combine is not None and self.combine not in COMBINES:
             raise bad("combine", "one of " + ", ".join(COMBINES))
         h = self.hidden
-        if not isinstance(h, tuple) or not all(_is_int(w) and w >= 1 for w in h):
+        if not isinstance(h, tuple) or not all(is_int(w) and w >= 1 for w in h):
             raise bad("hidden", "one or more positive layer widths (none: a linear decoder is "
                                 "not supported; give e.g. --hidden 200 200)")
         if not h:
@@ -251,23 +239,23 @@ class ToyConfig:
             if getattr(self, name) not in choices:
                 raise bad(name, "one of " + ", ".join(choices))
         for name in ("init_scale", "decoder_init_scale", "embed_lr", "decoder_lr"):
-            if not _is_real(getattr(self, name)) or getattr(self, name) <= 0:
+            if not is_real(getattr(self, name)) or getattr(self, name) <= 0:
                 raise bad(name, "a positive number")
         for name in ("embed_wd", "decoder_wd"):
-            if not _is_real(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_real(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "a non-negative number")
         if self.rqi_metric is not None and self.rqi_metric not in METRICS:
             raise bad("rqi_metric", "one of " + ", ".join(METRICS))
         if self.resolved_rqi_metric == "mean_sq" and self.resolved_combine == "product":
             raise ValueError(f"{flag('rqi_metric')}: mean_sq is defined for vector embeddings "
                              f"only; use norm with --combine product")
-        if self.rqi_delta is not None and (not _is_real(self.rqi_delta) or self.rqi_delta < 0):
+        if self.rqi_delta is not None and (not is_real(self.rqi_delta) or self.rqi_delta < 0):
             raise bad("rqi_delta", "a number >= 0")
         if self.embed_steps is not None:
             if not isinstance(self.embed_steps, tuple):
                 raise bad("embed_steps", "a list of steps")
             for s in self.embed_steps:
-                if not _is_int(s) or s < 0:
+                if not is_int(s) or s < 0:
                     raise ValueError(f"{flag('embed_steps')}: steps must be integers >= 0, "
                                      f"got {s!r}")
                 if s > self.steps:
@@ -941,15 +929,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--embed-steps", type=_ints, nargs="+", metavar="STEP",
                    help="steps whose embeddings are stored and drawn, besides the last (default "
                         f"{' '.join(map(str, DEFAULT_EMBED_STEPS))} up to --steps)")
-    g = p.add_argument_group("run directory")
-    g.add_argument("--out", metavar="DIR",
-                   help="run directory (default: a fresh folder under runs/)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint (or extend it "
-                        "with a larger --steps); other settings come from its config.json")
-    g.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help=f"(default {d.checkpoint_every})")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_dir_arguments(p, length_flag="--steps", checkpoint_every=d.checkpoint_every)
     p.set_defaults(handler=main, parser=p)
     return p
 
