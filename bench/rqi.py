@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import grokfast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rnn import median_seconds  # noqa: E402  (bench/rnn.py: warm-up, sync, median)
 from grokfast.representation import parallelogram_count, rqi
 from grokfast.tasks import ModularOp
 
@@ -72,25 +75,10 @@ def python_loop_counts(E, p: int, delta: float) -> int:
     return count
 
 
-def timed(fn, repeats: int, device: str = "cpu") -> float:
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def sgemm_rate(device: str) -> float:
     n = 4096
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    t = timed(lambda: torch.mm(a, b), 3, device)
+    t = median_seconds(lambda: torch.mm(a, b), device, 3)
     return 2 * n ** 3 / t
 
 
@@ -116,8 +104,9 @@ def main() -> None:
     ref = cdist_counts(E, a, b, c)
     # cdist sums in float32, the kernel decides exactly: they differ only at the threshold
     assert (ours - ref).abs().max() <= max(10, int(ref.max()) // 10 ** 5), (ours, ref)
-    t_ours = timed(lambda: rqi(E, task, DELTAS), args.repeats, args.device)
-    t_cdist = timed(lambda: cdist_counts(E, a, b, c), max(1, args.repeats - 1), args.device)
+    t_ours = median_seconds(lambda: rqi(E, task, DELTAS), args.device, args.repeats)
+    t_cdist = median_seconds(lambda: cdist_counts(E, a, b, c), args.device,
+                             max(1, args.repeats - 1))
     gemm = sgemm_rate(args.device)
     flops = p ** 3 * d
     where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
@@ -133,8 +122,9 @@ def main() -> None:
     q = 97
     Eq = torch.randn(q, 8, generator=g)
     aq, bq, cq = samples(q)
-    t_loop = timed(lambda: python_loop_counts(Eq, q, 0.5), 1)
-    t_small = timed(lambda: grokfast.pairs.count_within_classes(Eq[aq] + Eq[bq], cq, 0.5), 5)
+    t_loop = median_seconds(lambda: python_loop_counts(Eq, q, 0.5), "cpu", 1)
+    t_small = median_seconds(lambda: grokfast.pairs.count_within_classes(Eq[aq] + Eq[bq], cq, 0.5),
+                             "cpu", 5)
     assert int(grokfast.pairs.count_within_classes(Eq[aq] + Eq[bq], cq, 0.5).pairs) == \
         python_loop_counts(Eq, q, 0.5)
     print(f"| p=97 d=8 vs python loop | {t_small * 1e3:.2f} ms | loop {t_loop:.2f} s | "

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +25,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python_tests"))
+sys.path.insert(0, str(HERE))
 
 from grokfast.automata import extract, parity, validate  # noqa: E402
 from grokfast.automata.validate import state_map  # noqa: E402
 from grokfast.ops import random_symbols  # noqa: E402
 from test_extract import _sequence_rnn_as_torch, trained_parity  # noqa: E402
+from rnn import median_seconds  # noqa: E402  (bench/rnn.py: warm-up, sync, median)
 
 CHUNK = 1000
 
@@ -68,21 +68,6 @@ def torch_validate(net, readout, h0, ex, ids, target):
     return first.cpu(), agree.cpu(), correct.cpu()
 
 
-def median_time(fn, device: str, repeats: int) -> float:
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -103,9 +88,9 @@ def main() -> None:
     assert np.array_equal(ours.first_disagreement, first.numpy()), "first disagreement differs"
     assert np.allclose(ours.agreement, agree.numpy() / T) and np.allclose(ours.accuracy, correct.numpy() / T)
 
-    t_ours = median_time(lambda: validate(model, ex, num_sequences=N, length=T, seed=0),
+    t_ours = median_seconds(lambda: validate(model, ex, num_sequences=N, length=T, seed=0),
                          args.device, args.repeats)
-    t_torch = median_time(lambda: torch_validate(net, readout, h0, ex, ids, target),
+    t_torch = median_seconds(lambda: torch_validate(net, readout, h0, ex, ids, target),
                           args.device, args.repeats)
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     print(f"# validate: N = {N}, T = {T}, H = 100, {ex.num_states} extracted states "
