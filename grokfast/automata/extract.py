@@ -320,7 +320,7 @@ def _run_callable(fn: Callable, h0, tree: PrefixTree, output_fn) -> _TreeStates:
         if T == 0:
             continue
         rows = np.flatnonzero(lengths == T)
-        ids = torch.from_numpy(_symbols_of(tree, paths[rows, 1:T + 1]))
+        ids = torch.from_numpy(tree.symbol[paths[rows, 1:T + 1]])  # a node's last symbol
         res = fn(ids)
         if not isinstance(res, (tuple, list)) or len(res) != 2:
             raise TypeError("model: a callable must return (hidden [N, T, D], outputs "
@@ -349,10 +349,6 @@ def _run_callable(fn: Callable, h0, tree: PrefixTree, output_fn) -> _TreeStates:
         # the initial state is unknown: keep it out of the clusters (its own state)
         states[0] = float("nan")
     return _TreeStates(states, outputs.cpu().numpy())
-
-
-def _symbols_of(tree: PrefixTree, nodes: np.ndarray) -> np.ndarray:
-    return tree.symbol[nodes]
 
 
 def tree_states(model, tree: PrefixTree, *, readout=None, h0=None,

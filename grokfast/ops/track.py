@@ -190,9 +190,8 @@ def rnn_track(w_ih, w_hh, bias, h0, w_out, b_out, *, activation: str, centers, c
         p.generate_tokens = True
         p.seed = _seed(seed)
     w_ih_t = w_ih_.t().contiguous()
-    keep = (w_ih_t, w_hh.contiguous(), tensors["bias"], h0_, w_out_.contiguous(),
-            tensors["b_out"], cen.contiguous())
-    keep = tuple(t.contiguous() if t is not None else None for t in keep)
+    keep = tuple(t.contiguous() if t is not None else None for t in
+                 (w_ih_t, w_hh, tensors["bias"], h0_, w_out_, tensors["b_out"], cen))
     p.w_ih_t, p.w_hh, p.bias, p.h0, p.w_out, p.b_out = (_ptr(t) for t in keep[:6])
     p.y_mode = c.OutputMode.None_
     p.stream = _stream(w_hh)
