@@ -271,6 +271,13 @@ def test_model_errors():
         extract(m, eps=-1.0)
     with pytest.raises(ValueError, match="method"):
         extract(m, method="kmeans")
+    with pytest.raises(ValueError, match="eps_rel"):
+        extract(m, eps_rel=-0.1)
+    with pytest.raises(ValueError, match="lstm_state"):
+        extract(nn.LSTM(2, 3, batch_first=True), readout=nn.Linear(3, 2), max_length=2,
+                lstm_state="c")
+    with pytest.raises(ValueError, match="max_length"):
+        extract(m, max_length=-1)
     with pytest.raises(ValueError, match="num_symbols"):
         extract(m, num_symbols=3)
     with pytest.raises(ValueError, match="num_symbols"):

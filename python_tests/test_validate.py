@@ -106,6 +106,14 @@ def test_random_symbols():
     (dict(x=torch.zeros(2, 3, dtype=torch.int64), num_sequences=2), "either"),
     (dict(num_sequences=-1), "num_sequences"),
     (dict(activation="gelu"), "activation"),
+    (dict(h0=torch.zeros(3)), "h0"),
+    (dict(bias=torch.zeros(4)), "bias"),
+    (dict(b_out=torch.zeros(3)), "b_out"),
+    (dict(target_initial=5), "target_initial"),
+    (dict(x=torch.zeros(2, 3, 1, dtype=torch.int64)), "x"),
+    (dict(x=torch.zeros(2, 3)), "x"),
+    (dict(length=2 ** 30), "length"),
+    (dict(machine_next=torch.full((2, 2), 7)), "machine_next"),
 ])
 def test_track_bad_inputs(change, match):
     w, tables = random_problem(5, 2, 2, 3, 2, 2, seed=1)
@@ -190,6 +198,12 @@ def test_validate_errors():
         validate(m, ex, length=-5)
     with pytest.raises(ValueError, match="sequences"):
         validate(m, ex, sequences=torch.full((2, 3), 2))
+    with pytest.raises(ValueError, match="sequences"):
+        validate(m, ex, sequences=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="sequences"):
+        validate(m, ex, sequences=torch.zeros(2, 3, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="num_sequences"):
+        validate(m, ex, num_sequences=-1)
     with pytest.raises(ValueError, match="target"):
         validate(m, ex, target=MooreMachine([[0, 0, 0]], [0]))
     with pytest.raises(ValueError, match="readout"):
