@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -19,6 +20,19 @@
 
 namespace gf {
 namespace {
+
+// Busy-waits (politely) until pred() or the budget has passed; true when pred() held.
+template <class Pred>
+bool spin_until(Pred pred, std::chrono::microseconds budget) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (pred()) return true;
+      GF_PAUSE();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return pred();
+  }
+}
 
 class Pool {
  public:
@@ -36,7 +50,7 @@ class Pool {
   int workers() const { return int(threads_.size()); }
 
   // Caller holds busy_.
-  void run(int64_t n, int helpers, const std::function<void(int64_t)>& fn) {
+  void run(int64_t n, int helpers, const WorkerFn& fn) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &fn;
@@ -48,9 +62,12 @@ class Pool {
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    drain();
+    drain(0);
+    // The helpers are finishing their last items: waiting for them on a futex would add its
+    // wake-up latency to every call.
+    spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, kCallerSpin);
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    done_.wait(lock, [this] { return pending_.load() == 0; });
     job_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -58,9 +75,9 @@ class Pool {
   std::mutex busy_;
 
  private:
-  void drain() {
+  void drain(int worker) {
     try {
-      for (int64_t i; (i = next_.fetch_add(1)) < items_;) (*job_)(i);
+      for (int64_t i; (i = next_.fetch_add(1)) < items_;) (*job_)(i, worker);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
@@ -71,11 +88,10 @@ class Pool {
   void work(int index) {
     uint64_t seen = 0;
     for (;;) {
-      // Back-to-back calls (a training loop) find the worker awake: a futex wake-up costs
-      // tens of microseconds on a virtual machine, as much as a short recurrence.
-      for (int spin = 0; spin < kSpinIterations && generation_.load(std::memory_order_acquire) == seen;
-           ++spin)
-        GF_PAUSE();
+      // Calls a training step apart (autograd, loss and optimizer run in between) find the
+      // worker awake: a futex wake-up costs 30-45 µs on a virtual machine, as much as a short
+      // recurrence.
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stopping_ || generation_.load() != seen; });
@@ -83,21 +99,24 @@ class Pool {
         seen = generation_.load();
         if (index >= helpers_) continue;
       }
-      drain();
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      drain(index + 1);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);  // the caller checks pending_ under it
+        done_.notify_one();
+      }
     }
   }
 
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable wake_, done_;
-  const std::function<void(int64_t)>* job_ = nullptr;
+  const WorkerFn* job_ = nullptr;
   int64_t items_ = 0;
   std::atomic<int64_t> next_{0};
-  int helpers_ = 0, pending_ = 0;
+  int helpers_ = 0;
+  std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
-  static constexpr int kSpinIterations = 4000;  // ~100 µs
+  static constexpr std::chrono::microseconds kWorkerSpin{1000}, kCallerSpin{1000};
   bool stopping_ = false;
   std::exception_ptr error_;
 };
@@ -120,18 +139,22 @@ thread_local bool inside_parallel = false;
 
 }  // namespace
 
-int hardware_threads() { return int(std::max(1u, std::thread::hardware_concurrency())); }
+int hardware_threads() {
+  // Cached: glibc reads /sys on every hardware_concurrency() call, and kernels ask per call.
+  static const int count = int(std::max(1u, std::thread::hardware_concurrency()));
+  return count;
+}
 
-void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
+void parallel_for_worker(int64_t n, int threads, const WorkerFn& fn) {
   threads = int(std::min<int64_t>(threads, n));
   if (threads <= 1 || inside_parallel) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
     return;
   }
   Pool& p = get_pool();
   std::unique_lock<std::mutex> busy(p.busy_, std::try_to_lock);
   if (!busy.owns_lock() || p.workers() == 0) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
     return;
   }
   inside_parallel = true;
@@ -142,6 +165,10 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
     throw;
   }
   inside_parallel = false;
+}
+
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
+  parallel_for_worker(n, threads, [&fn](int64_t i, int) { fn(i); });
 }
 
 }  // namespace gf
