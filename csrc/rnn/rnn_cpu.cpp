@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -54,12 +55,13 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 template <class T>
 struct Buffer {
   T* data = nullptr;
-  explicit Buffer(int64_t n) {
-    size_t bytes = size_t(round_up(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64));
+  size_t bytes = 0;
+  explicit Buffer(int64_t n) : bytes(size_t(round_up(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64))) {
     data = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (!data) throw std::bad_alloc();
-    std::memset(data, 0, bytes);
+    zero();
   }
+  void zero() { std::memset(data, 0, bytes); }
   ~Buffer() { std::free(data); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -111,8 +113,10 @@ inline vec<T> apply(Epilogue e, vec<T> v) {
   return v;
 }
 
-// out[r][col:] = e(init[r][col:] + sum_k src[r][k] * w[k][col:]) for MR rows and NV vectors.
-template <class T, int MR, int NV>
+// out[r][col:] = e(init[r][col:] + sum_k src(r, k) * w[k][col:]) for MR rows and NV vectors;
+// src(r, k) is src[r * src_ld + k], or src[r + k * src_ld] when KMajor (the operand of an
+// outer-product sum, read without transposing it).
+template <class T, int MR, int NV, bool KMajor>
 inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t w_ld,
                        const T* const* init, int64_t col, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
@@ -123,7 +127,7 @@ inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int6
     vec<T> wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = load(w + k * w_ld + col + v * N);
     for (int r = 0; r < MR; ++r) {
-      const vec<T> s = splat(src[r * src_ld + k]);
+      const vec<T> s = splat(KMajor ? src[k * src_ld + r] : src[r * src_ld + k]);
       for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
     }
   }
@@ -131,7 +135,7 @@ inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int6
     for (int v = 0; v < NV; ++v) store(out + r * out_ld + col + v * N, apply<T>(e, acc[r][v]));
 }
 
-template <class T, int MR>
+template <class T, int MR, bool KMajor>
 void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
@@ -140,10 +144,10 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
   for (int64_t c = 0; c < nvec; c += NB) {
     const int64_t col = c * N;
     switch (std::min<int64_t>(NB, nvec - c)) {
-#define GF_CASE(nv)                                                                   \
-  case nv:                                                                            \
-    if constexpr (nv <= NB)                                                           \
-      gemm_block<T, MR, nv>(K, src, src_ld, w, hp, init, col, out, out_ld, e);        \
+#define GF_CASE(nv)                                                                        \
+  case nv:                                                                                 \
+    if constexpr (nv <= NB)                                                                \
+      gemm_block<T, MR, nv, KMajor>(K, src, src_ld, w, hp, init, col, out, out_ld, e);     \
     break;
       GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
 #undef GF_CASE
@@ -154,20 +158,21 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
 // A tile of rows times [K x hp] weights, in blocks of up to 6 rows (each weight vector loaded
 // once per 6 rows); init[r] points at row r's starting value (hp wide, zero padded), so bias
 // and embedding rows are read in place.
-template <class T>
+template <class T, bool KMajor = false>
 void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
+  const auto row_src = [&](int64_t r) { return KMajor ? src + r : src + r * src_ld; };
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6)
-    gemm_rows<T, 6>(K, src + r * src_ld, src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
-  const T* s = src + r * src_ld;
+    gemm_rows<T, 6, KMajor>(K, row_src(r), src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
+  const T* s = row_src(r);
   T* o = out + r * out_ld;
   switch (rows - r) {
-    case 5: gemm_rows<T, 5>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 4: gemm_rows<T, 4>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 3: gemm_rows<T, 3>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 2: gemm_rows<T, 2>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 1: gemm_rows<T, 1>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 5: gemm_rows<T, 5, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 4: gemm_rows<T, 4, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 3: gemm_rows<T, 3, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 2: gemm_rows<T, 2, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 1: gemm_rows<T, 1, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
   }
 }
 
@@ -343,7 +348,13 @@ void forward_impl(const ForwardParams& p) {
   }
   const auto token = [&](int64_t m, int64_t b, int64_t t) -> int64_t {
     if (p.generate_tokens) return random_symbol(p.seed, m * B + b, t, I);
-    return ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t];
+    const int64_t id = ids[m * p.x_stride_m + b * p.x_stride_b + t * p.x_stride_t];
+    // Checked here rather than by torch reductions in Python: those start torch's OpenMP
+    // workers, which then spin on the core this kernel's second thread needs.
+    if (id < 0 || id >= I)
+      throw std::invalid_argument("x: token ids must lie in [0, " + std::to_string(I) +
+                                  ") (the columns of w_ih), got " + std::to_string(id));
+    return id;
   };
 
   const Epilogue act = p.activation == Activation::Relu ? Epilogue::Relu : Epilogue::Tanh;
@@ -375,7 +386,10 @@ void forward_impl(const ForwardParams& p) {
           for (int64_t i = 0; i < I; ++i) src[r * ks + H + i] = xr[i * p.x_stride_i];
         }
       }
-      gemm_tile<T>(rows, K, src, ks, wm, hp, init.data(), nxt, ks, act);
+      if (t == 0 && !h0)  // h_{-1} = 0: only the dense input columns (none for tokens) remain
+        gemm_tile<T>(rows, K - H, src + H, ks, wm + H * hp, hp, init.data(), nxt, ks, act);
+      else
+        gemm_tile<T>(rows, K, src, ks, wm, hp, init.data(), nxt, ks, act);
       const bool emit_y = readout && (p.y_mode == OutputMode::All || t == T_ - 1);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
@@ -397,33 +411,66 @@ void forward_impl(const ForwardParams& p) {
   });
 }
 
-// sum[i][j] += sum over (r, t) of dz[r, t, i] * h[r, t, j] for t < T - 1 (dz_next's last slot
-// is zero), plus dz0[r, i] * h0[r, j]: [H x K] x [K x hp] register-blocked products over
-// chunks of K (row, step) pairs, transposed and padded into scratch.
-template <class T>
-void accumulate_outer(int64_t rows, int64_t T_, int64_t H, int64_t hp, const T* dz_next,
-                      const T* states, const T* dz0, const T* h0, T* sum) {
-  constexpr int64_t KC = 128;
-  Buffer<T> a(H * KC), b(KC * hp);  // b's padding lanes stay zero
-  std::vector<const T*> init(H);
-  for (int64_t i = 0; i < H; ++i) init[i] = sum + i * hp;
-  int64_t k = 0;
-  const auto flush = [&] {
-    if (k) gemm_tile<T>(H, k, a.data, KC, b.data, hp, init.data(), sum, hp, Epilogue::Identity);
-    k = 0;
-  };
-  const auto push = [&](const T* dz, const T* h) {
-    for (int64_t i = 0; i < H; ++i) a[i * KC + k] = dz[i];
-    std::memcpy(b.data + k * hp, h, H * sizeof(T));
-    if (++k == KC) flush();
-  };
-  for (int64_t r = 0; r < rows; ++r) {
-    if (h0) push(dz0 + r * H, h0 + r * H);
-    for (int64_t t = 0; t + 1 < T_; ++t) push(dz_next + (r * T_ + t) * H, states + (r * T_ + t) * H);
+// Rows of [B, T, ...] arrays lie T rows apart, too far for the hardware prefetcher: a step
+// asks for the next step's rows while its product runs (write = 1 for rows it will store).
+inline void prefetch_bytes(const void* p, int64_t bytes, int write = 0) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) {  // into L2: the product streams L1 meanwhile
+    if (write)
+      __builtin_prefetch(c + i, 1, 2);
+    else
+      __builtin_prefetch(c + i, 0, 2);
   }
-  flush();
 }
 
+template <class T>
+inline vec<T> activation_grad_vec(Activation a, vec<T> h) {
+  if (a == Activation::Relu) return h > T(0) ? splat(T(1)) : splat(T(0));
+  return T(1) - h * h;
+}
+
+// dst[0:n] += sum_i scale_i * rows[i][0:n] (scale 1 without scales), summed in registers:
+// adding row by row into memory would chain each row behind the previous row's store.
+template <class T>
+inline void add_row_sum(T* dst, int64_t n, const T* const* rows, const T* scales, int64_t count) {
+  for (int64_t j = 0; j < n; j += Simd<T>::N) {
+    vec<T> acc{};
+    if (scales)
+      for (int64_t i = 0; i < count; ++i) acc += splat(scales[i]) * load(rows[i] + j);
+    else
+      for (int64_t i = 0; i < count; ++i) acc += load(rows[i] + j);
+    store(dst + j, load(dst + j) + acc);
+  }
+}
+
+// A tile's share of dW_hh = sum_t dz_t h_{t-1}^T, gathered as (dz, h) row pairs (hp wide) and
+// added as one [H x kc] x [kc x hp] product per kc pairs, the dz rows read k-major.
+template <class T>
+struct OuterSum {
+  static constexpr int64_t kc = 128;
+  int64_t H, hp, k = 0;
+  Buffer<T> a, b, sum;  // sum: [H, hp]
+  std::vector<const T*> rows;
+
+  OuterSum(int64_t H_, int64_t hp_) : H(H_), hp(hp_), a(kc * hp_), b(kc * hp_), sum(H_ * hp_), rows(H_) {
+    for (int64_t i = 0; i < H; ++i) rows[i] = sum.data + i * hp;
+  }
+  void push(const T* dz, const T* h) {
+    std::memcpy(a.data + k * hp, dz, hp * sizeof(T));
+    std::memcpy(b.data + k * hp, h, hp * sizeof(T));
+    if (++k == kc) flush();
+  }
+  void flush() {
+    if (k) gemm_tile<T, true>(H, k, a.data, hp, b.data, hp, rows.data(), sum.data, hp, Epilogue::Identity);
+    k = 0;
+  }
+};
+
+// BPTT over a tile's rows, t = T-1 .. 0: dz_t = (g_t + W_hh^T dz_{t+1} + W_out^T gy_t) *
+// act'(h_t), one product per step with gy_t riding along as extra source columns, and the
+// weight-gradient sums gathered on the way. Rows are hp wide with zero padding, so every loop
+// is whole vectors. Where dz_{t+1} = 0 (t = T-1) only the readout columns are multiplied, and
+// the extra product for dL/dh0 runs only when asked for.
 template <class T>
 void backward_impl(const BackwardParams& p) {
   const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H, I = p.I, O = p.O;
@@ -447,103 +494,171 @@ void backward_impl(const BackwardParams& p) {
   T* d_w_hh = reinterpret_cast<T*>(p.d_w_hh);
   const T* h0 = reinterpret_cast<const T*>(p.h0);
   const bool has_gy = gy && O > 0 && p.gy_mode != OutputMode::None;
+  const int64_t Oy = has_gy ? O : 0;
+  const Activation act = p.activation;
 
-  // dz_{t+1} (as a row) times W_hh: W_hh itself is the [K = H] x [hp] operand.
-  std::vector<std::unique_ptr<Buffer<T>>> wpad(M), wout_p(M);
+  // Per model the [H + Oy] x [hp] operand [W_hh; W_out] for source rows [dz_{t+1} | gy_t].
+  std::vector<std::unique_ptr<Buffer<T>>> wpad(M);
   for (int64_t m = 0; m < M; ++m) {
-    wpad[m] = std::make_unique<Buffer<T>>(H * hp);
+    wpad[m] = std::make_unique<Buffer<T>>((H + Oy) * hp);
     for (int64_t j = 0; j < H; ++j)
       std::memcpy(wpad[m]->data + j * hp, w_hh + (m * H + j) * H, H * sizeof(T));
-    wout_p[m] = std::make_unique<Buffer<T>>(has_gy ? O * hp : 0);
-    for (int64_t o = 0; has_gy && o < O; ++o)
-      std::memcpy(wout_p[m]->data + o * hp, w_out + (m * O + o) * H, H * sizeof(T));
+    for (int64_t o = 0; o < Oy; ++o)
+      std::memcpy(wpad[m]->data + (H + o) * hp, w_out + (m * O + o) * H, H * sizeof(T));
   }
-  std::mutex reduce_mutex;
+  const int64_t ks = round_up(H + Oy, N);  // source row stride
+  const Buffer<T> zero_row(hp);
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * (d_w_hh ? 4 : 2));
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
-  parallel_for(M * tiles, threads, [&](int64_t item) {
-    const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
-    Buffer<T> src_a(bt * H), src_b(bt * H), init(bt * hp), z(bt * hp);
-    Buffer<T> w_hh_sum(d_w_hh ? H * hp : 0);
-    // This tile's share of the (b, t) sums, added to the outputs once at the end.
-    Buffer<T> bias_sum(d_bias ? H : 0), emb_sum(d_w_ih_t ? I * H : 0);
-    Buffer<T> wout_sum(d_w_out ? O * H : 0), bout_sum(d_b_out ? O : 0);
-    std::vector<const T*> init_rows(bt);
-    for (int64_t r = 0; r < bt; ++r) init_rows[r] = init.data + r * hp;
-    T* src = src_a.data;  // dz_{t+1}; zero past the end
-    T* nxt = src_b.data;
-    const T* wm = wpad[m]->data;
-    for (int64_t r = 0; r < rows; ++r)
-      std::memset(dz_next + ((m * B + b0 + r) * T_ + T_ - 1) * H, 0, H * sizeof(T));
-    for (int64_t t = T_ - 1; t >= -1; --t) {
-      const bool y_step = has_gy && t >= 0 && (p.gy_mode == OutputMode::All || t == T_ - 1);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t b = b0 + r;
-        T* in = init.data + r * hp;
-        if (t >= 0 && g_all)
-          std::memcpy(in, g_all + ((m * B + b) * T_ + t) * H, H * sizeof(T));
-        else
-          std::memset(in, 0, H * sizeof(T));
-        if (t == T_ - 1 && g_last)
-          for (int64_t j = 0; j < H; ++j) in[j] += g_last[(m * B + b) * H + j];
-        if (y_step) {
-          const T* g = gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
-          for (int64_t o = 0; o < O; ++o) {
-            const vec<T> go = splat(g[o]);
-            const T* wo = wout_p[m]->data + o * hp;
-            for (int64_t j = 0; j < hp; j += N) store(in + j, load(in + j) + go * load(wo + j));
-          }
-        }
-      }
-      gemm_tile<T>(rows, H, src, H, wm, hp, init_rows.data(), z.data, hp, Epilogue::Identity);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t b = b0 + r;
-        const T* zr = z.data + r * hp;
-        if (t < 0) {  // one more product gives dL/dh0, no activation in front of h0
-          std::memcpy(dh0 + (m * B + b) * H, zr, H * sizeof(T));
-          continue;
-        }
-        const T* h = states + ((m * B + b) * T_ + t) * H;
-        T* d = t > 0 ? dz_next + ((m * B + b) * T_ + t - 1) * H : dz0 + (m * B + b) * H;
-        T* d_keep = nxt + r * H;
-        // One loop per activation (a constant argument), so the compiler vectorises it.
-        if (p.activation == Activation::Relu)
-          for (int64_t j = 0; j < H; ++j) d_keep[j] = zr[j] * activation_grad(Activation::Relu, h[j]);
-        else
-          for (int64_t j = 0; j < H; ++j) d_keep[j] = zr[j] * activation_grad(Activation::Tanh, h[j]);
-        std::memcpy(d, d_keep, H * sizeof(T));
-        if (d_bias)
-          for (int64_t j = 0; j < H; ++j) bias_sum[j] += d_keep[j];
-        if (d_w_ih_t) {
-          T* e = emb_sum.data + ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t] * H;
-          for (int64_t j = 0; j < H; ++j) e[j] += d_keep[j];
-        }
-        if (y_step) {
-          const T* g = gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
-          for (int64_t o = 0; o < O; ++o) {
-            if (d_b_out) bout_sum[o] += g[o];
-            if (d_w_out)
-              for (int64_t j = 0; j < H; ++j) wout_sum[o * H + j] += g[o] * h[j];
-          }
-        }
-      }
-      std::swap(src, nxt);
-    }
-    if (d_w_hh) accumulate_outer<T>(rows, T_, H, hp, dz_next + (m * B + b0) * T_ * H,
-                                    states + (m * B + b0) * T_ * H, dz0 + (m * B + b0) * H,
-                                    h0 ? h0 + (m * B + b0) * H : nullptr, w_hh_sum.data);
-    std::lock_guard<std::mutex> lock(reduce_mutex);
-    const auto add = [](T* dst, const T* part, int64_t n) {
-      for (int64_t i = 0; i < n; ++i) dst[i] += part[i];
+
+  // Per thread: step buffers for one tile, and the (b, t) sums of the tiles it ran for model m,
+  // added to the outputs when it moves to another model and at the end.
+  struct Scratch {
+    int64_t m = -1;
+    Buffer<T> src_a, src_b, z, g, h_a, h_b, bias_sum, emb_sum, wout_sum, bout_sum;
+    std::unique_ptr<OuterSum<T>> outer;
+    std::vector<const T*> init, d_rows, group;
+    std::vector<int64_t> row_id;
+    std::vector<T> scale;
+    Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O, bool bias, bool emb,
+            bool wout, bool bout, bool w_hh, const T* zero_row)
+        : src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp), h_a(bt * hp), h_b(bt * hp),
+          bias_sum(bias ? hp : 0), emb_sum(emb ? I * hp : 0), wout_sum(wout ? O * hp : 0),
+          bout_sum(bout ? O : 0), outer(w_hh ? std::make_unique<OuterSum<T>>(H, hp) : nullptr),
+          init(bt, zero_row), d_rows(bt), group(bt), row_id(bt), scale(bt) {}
+  };
+  std::vector<std::unique_ptr<Scratch>> scratch(threads);
+  const auto flush_sums = [&](Scratch& s) {
+    if (s.m < 0) return;
+    const int64_t m = s.m;
+    // Padded [n, hp] partial sums into [n, H] outputs.
+    const auto add_rows = [&](T* dst, Buffer<T>& part, int64_t n) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < H; ++j) dst[i * H + j] += part[i * hp + j];
+      part.zero();
     };
-    if (d_w_hh)
-      for (int64_t i = 0; i < H; ++i) add(d_w_hh + (m * H + i) * H, w_hh_sum.data + i * hp, H);
-    if (d_bias) add(d_bias + m * H, bias_sum.data, H);
-    if (d_w_ih_t) add(d_w_ih_t + m * I * H, emb_sum.data, I * H);
-    if (d_w_out) add(d_w_out + m * O * H, wout_sum.data, O * H);
-    if (d_b_out) add(d_b_out + m * O, bout_sum.data, O);
+    if (d_w_hh) {
+      s.outer->flush();
+      add_rows(d_w_hh + m * H * H, s.outer->sum, H);
+    }
+    if (d_bias) add_rows(d_bias + m * H, s.bias_sum, 1);
+    if (d_w_ih_t) add_rows(d_w_ih_t + m * I * H, s.emb_sum, I);
+    if (d_w_out) add_rows(d_w_out + m * O * H, s.wout_sum, O);
+    if (d_b_out) {
+      for (int64_t o = 0; o < O; ++o) d_b_out[m * O + o] += s.bout_sum[o];
+      s.bout_sum.zero();
+    }
+    s.m = -1;
+  };
+  std::mutex flush_mutex;
+  parallel_for_worker(M * tiles, threads, [&](int64_t item, int worker) {
+    const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
+    if (!scratch[worker])
+      scratch[worker] = std::make_unique<Scratch>(bt, ks, H, hp, I, O, d_bias, d_w_ih_t, d_w_out,
+                                                  d_b_out, d_w_hh, zero_row.data);
+    Scratch& sc = *scratch[worker];
+    if (sc.m != m) {  // items arrive in increasing order: a thread moves on to later models
+      std::lock_guard<std::mutex> lock(flush_mutex);
+      flush_sums(sc);
+      sc.m = m;
+    }
+    const auto state = [&](int64_t r, int64_t t) { return states + ((m * B + b0 + r) * T_ + t) * H; };
+    std::vector<const T*>& init = sc.init;
+    std::vector<const T*>& d_rows = sc.d_rows;
+    std::vector<const T*>& group = sc.group;
+    T* src = sc.src_a.data;  // rows [dz_{t+1} | gy_t]
+    T* nxt = sc.src_b.data;
+    T* h_cur = sc.h_a.data;  // h_t
+    T* h_prev = sc.h_b.data;  // h_{t-1}
+    T* z = sc.z.data;
+    T* g = sc.g.data;
+    const T* wm = wpad[m]->data;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(h_cur + r * hp, state(r, T_ - 1), H * sizeof(T));
+      if (dz_next) std::memset(dz_next + ((m * B + b0 + r) * T_ + T_ - 1) * H, 0, H * sizeof(T));
+    }
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const bool y_step = has_gy && (p.gy_mode == OutputMode::All || t == T_ - 1);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        if (y_step)
+          std::memcpy(src + r * ks + H,
+                      gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O),
+                      O * sizeof(T));
+        const bool last = t == T_ - 1 && g_last;
+        if (g_all || last) {  // g_t arriving from outside the readout
+          T* in = g + r * hp;
+          if (g_all)
+            std::memcpy(in, g_all + ((m * B + b) * T_ + t) * H, H * sizeof(T));
+          else
+            std::memset(in, 0, H * sizeof(T));
+          if (last)
+            for (int64_t j = 0; j < H; ++j) in[j] += g_last[(m * B + b) * H + j];
+          init[r] = in;
+        }
+      }
+      for (int64_t r = 0; r < rows && t >= 2; ++r) {  // next step's rows
+        prefetch_bytes(state(r, t - 2), H * sizeof(T));
+        if (dz_next) prefetch_bytes(dz_next + ((m * B + b0 + r) * T_ + t - 2) * H, H * sizeof(T), 1);
+        if (has_gy && p.gy_mode == OutputMode::All)
+          prefetch_bytes(gy + ((m * B + b0 + r) * T_ + t - 1) * O, O * sizeof(T));
+      }
+      const int64_t k0 = t == T_ - 1 ? H : 0;  // dz_T = 0
+      const int64_t k1 = y_step ? H + Oy : H;
+      gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, init.data(), z, hp, Epilogue::Identity);
+      const bool pair = sc.outer && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
+      for (int64_t r = 0; r < rows && (t > 0 || pair); ++r)  // h_{t-1}: next step's h_t
+        std::memcpy(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H * sizeof(T));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = b0 + r;
+        const T* zr = z + r * hp;
+        const T* h = h_cur + r * hp;
+        T* d = nxt + r * ks;
+        // One loop per activation (a constant argument), so the branch leaves the loop.
+        if (act == Activation::Relu)
+          for (int64_t j = 0; j < hp; j += N) store(d + j, load(zr + j) * activation_grad_vec<T>(Activation::Relu, load(h + j)));
+        else
+          for (int64_t j = 0; j < hp; j += N) store(d + j, load(zr + j) * activation_grad_vec<T>(Activation::Tanh, load(h + j)));
+        T* d_out = t > 0 ? (dz_next ? dz_next + ((m * B + b) * T_ + t - 1) * H : nullptr)
+                         : (dz0 ? dz0 + (m * B + b) * H : nullptr);
+        if (d_out) std::memcpy(d_out, d, H * sizeof(T));
+        if (y_step && d_b_out)
+          for (int64_t o = 0; o < O; ++o) sc.bout_sum[o] += src[r * ks + H + o];
+        if (pair) sc.outer->push(d, h_prev + r * hp);
+        if (g_all || (t == T_ - 1 && g_last)) init[r] = zero_row.data;
+      }
+      // The step's sums over the tile's rows: dz_t for the bias and each token's embedding row,
+      // gy_t h_t^T for the readout.
+      for (int64_t r = 0; r < rows; ++r) d_rows[r] = nxt + r * ks;
+      if (d_bias) add_row_sum<T>(sc.bias_sum.data, hp, d_rows.data(), nullptr, rows);
+      if (d_w_ih_t) {
+        for (int64_t r = 0; r < rows; ++r) sc.row_id[r] = ids[m * p.ids_stride_m + (b0 + r) * p.ids_stride_b + t * p.ids_stride_t];
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t id = sc.row_id[r];
+          if (id < 0) continue;  // summed with an earlier row of its token
+          int64_t count = 0;
+          for (int64_t q = r; q < rows; ++q)
+            if (sc.row_id[q] == id) group[count++] = d_rows[q], sc.row_id[q] = -1;
+          add_row_sum<T>(sc.emb_sum.data + id * hp, hp, group.data(), nullptr, count);
+        }
+      }
+      if (y_step && d_w_out)
+        for (int64_t o = 0; o < O; ++o) {
+          for (int64_t r = 0; r < rows; ++r) group[r] = h_cur + r * hp, sc.scale[r] = src[r * ks + H + o];
+          add_row_sum(sc.wout_sum.data + o * hp, hp, group.data(), sc.scale.data(), rows);
+        }
+      std::swap(src, nxt);
+      std::swap(h_cur, h_prev);
+    }
+    if (dh0) {  // one more product: dL/dh0 = W_hh^T dz_0, no activation in front of h0
+      gemm_tile<T>(rows, H, src, ks, wm, hp, init.data(), z, hp, Epilogue::Identity);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
+    }
   });
+  for (auto& sc : scratch)
+    if (sc) flush_sums(*sc);
 }
 
 }  // namespace

@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
     ts[2] = -1;
     ts[3] = ts[4] = ts[5] = 0;
   }
-  const int steps = a.backward ? a.T + 1 : a.T;  // the backward's extra step yields dh0
+  const int steps = a.backward && a.dh0 ? a.T + 1 : a.T;  // the backward's extra step: dh0
   for (int s = 0; s < steps; ++s) {
     const int t = a.backward ? a.T - 1 - s : s;
     // CH independent partial sums per row: a step is one dependent FMA chain, so with few
