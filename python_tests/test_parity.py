@@ -185,6 +185,17 @@ def test_evaluate_at_length_10000_matches_the_autograd_path():
         sequence_loss(y, data[10000].targets).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("outputs", [2, 3])
+def test_evaluate_metrics_equal_sequence_loss_and_argmax(loss, outputs):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(7, 50, outputs, generator=g)
+    t = torch.randint(0, outputs, (7, 50), generator=g)
+    result = evaluate(lambda x, outputs: y, {50: (None, t)}, loss=loss)
+    assert result["loss"]["50"] == pytest.approx(sequence_loss(y, t, loss).item(), rel=1e-6)
+    assert result["accuracy"]["50"] == pytest.approx((y.argmax(-1) == t).double().mean().item())
+
+
 def test_checkpoint_rng_and_metrics_files(tmp_path):
     g = make_generator(0, "shuffle")
     state = capture_rng_state({"g": g})
