@@ -415,3 +415,22 @@ def test_custom_op_path_matches_eager_path():
     g_op = torch.autograd.grad(y.square().sum() + h_last.sum(), params)
     for mine, other in zip(g_op, g_eager):
         close(mine, other)
+
+
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+def test_gradients_many_models_on_two_threads(tokens):
+    # Big enough for both CPU threads, each running tiles of several models: the per-thread sums
+    # must move to the right model's gradients, and a second call must start from zero.
+    M = 3
+    a = make(100, 40, 30, tokens=tokens, M=M)
+    params = ["w_ih", "w_hh", "bias", "h0", "w_out", "b_out"]
+    for k in params:
+        a[k].requires_grad_(True)
+    hs, y = reference(a, "relu", M=M)
+    theirs = torch.autograd.grad(y.square().sum() + hs[:, :, -1].sum(), [a[k] for k in params])
+    for _ in range(2):
+        out = rnn(**a, activation="relu", hidden="all", backend="cpu")
+        ours = torch.autograd.grad(out.y.square().sum() + out.h[:, :, -1].sum(),
+                                   [a[k] for k in params])
+        for name, mine, other in zip(params, ours, theirs):
+            torch.testing.assert_close(mine, other, atol=5e-4, rtol=5e-4, msg=name)

@@ -2,6 +2,7 @@
 // register-blocked [rows x K] x [K x H] product with the bias/input term as the accumulator's
 // start and the activation fused into the epilogue. Tiles are spread over threads.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +45,24 @@ template <class T>
 inline void store(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// dst[0:n] = src[0:n] with vector moves and a masked tail: the rows are a few hundred bytes,
+// where a libc memcpy call costs as much as the copy.
+template <class T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  constexpr int N = Simd<T>::N;
+  int64_t j = 0;
+  for (; j + N <= n; j += N) store(dst + j, load(src + j));
+  if (j == n) return;
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 m = __mmask16((1u << (n - j)) - 1);
+    _mm512_mask_storeu_ps(dst + j, m, _mm512_maskz_loadu_ps(m, src + j));
+    return;
+  }
+#endif
+  std::memcpy(dst + j, src + j, (n - j) * sizeof(T));
+}
+
 template <class T>
 inline vec<T> splat(T s) {
   return vec<T>{} + s;
@@ -394,7 +413,7 @@ void forward_impl(const ForwardParams& p) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         const T* h = nxt + r * ks;
-        if (h_all) std::memcpy(h_all + ((m * B + b) * T_ + t) * H, h, H * sizeof(T));
+        if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
         if (emit_y) {
           T* yr = y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
           for (int64_t o = 0; o < O; ++o)
@@ -456,8 +475,8 @@ struct OuterSum {
     for (int64_t i = 0; i < H; ++i) rows[i] = sum.data + i * hp;
   }
   void push(const T* dz, const T* h) {
-    std::memcpy(a.data + k * hp, dz, hp * sizeof(T));
-    std::memcpy(b.data + k * hp, h, hp * sizeof(T));
+    copy_row(a.data + k * hp, dz, hp);
+    copy_row(b.data + k * hp, h, hp);
     if (++k == kc) flush();
   }
   void flush() {
@@ -507,28 +526,37 @@ void backward_impl(const BackwardParams& p) {
       std::memcpy(wpad[m]->data + (H + o) * hp, w_out + (m * O + o) * H, H * sizeof(T));
   }
   const int64_t ks = round_up(H + Oy, N);  // source row stride
-  const Buffer<T> zero_row(hp);
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * (d_w_hh ? 4 : 2));
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
 
   // Per thread: step buffers for one tile, and the (b, t) sums of the tiles it ran for model m,
-  // added to the outputs when it moves to another model and at the end.
+  // added to the outputs when it moves to another model and at the end. Kept by each thread
+  // between calls of the same shape: allocating and zeroing ~200 KB per call (page faults
+  // included) cost as much as a training step's sums.
   struct Scratch {
+    std::array<int64_t, 6> shape;
     int64_t m = -1;
-    Buffer<T> src_a, src_b, z, g, h_a, h_b, bias_sum, emb_sum, wout_sum, bout_sum;
-    std::unique_ptr<OuterSum<T>> outer;
+    Buffer<T> src_a, src_b, z, g, h_a, h_b, zero_row, bias_sum, emb_sum, wout_sum, bout_sum;
+    OuterSum<T> outer;
     std::vector<const T*> init, d_rows, group;
     std::vector<int64_t> row_id;
     std::vector<T> scale;
-    Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O, bool bias, bool emb,
-            bool wout, bool bout, bool w_hh, const T* zero_row)
-        : src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp), h_a(bt * hp), h_b(bt * hp),
-          bias_sum(bias ? hp : 0), emb_sum(emb ? I * hp : 0), wout_sum(wout ? O * hp : 0),
-          bout_sum(bout ? O : 0), outer(w_hh ? std::make_unique<OuterSum<T>>(H, hp) : nullptr),
-          init(bt, zero_row), d_rows(bt), group(bt), row_id(bt), scale(bt) {}
+    Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O)
+        : shape{bt, ks, H, hp, I, O}, src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp),
+          h_a(bt * hp), h_b(bt * hp), zero_row(hp), bias_sum(hp), emb_sum(I * hp), wout_sum(O * hp),
+          bout_sum(O), outer(H, hp), init(bt, zero_row.data), d_rows(bt), group(bt), row_id(bt),
+          scale(bt) {}
+    void reset() {  // sums left by a call that threw
+      m = -1;
+      for (Buffer<T>* b : {&g, &h_a, &h_b, &bias_sum, &emb_sum, &wout_sum, &bout_sum, &outer.sum}) b->zero();
+      outer.k = 0;
+      std::fill(init.begin(), init.end(), zero_row.data);
+    }
   };
-  std::vector<std::unique_ptr<Scratch>> scratch(threads);
+  constexpr int64_t kMaxCachedBytes = int64_t(8) << 20;
+  std::vector<Scratch*> scratch(threads, nullptr);
+  std::vector<std::unique_ptr<Scratch>> uncached(threads);
   const auto flush_sums = [&](Scratch& s) {
     if (s.m < 0) return;
     const int64_t m = s.m;
@@ -539,8 +567,8 @@ void backward_impl(const BackwardParams& p) {
       part.zero();
     };
     if (d_w_hh) {
-      s.outer->flush();
-      add_rows(d_w_hh + m * H * H, s.outer->sum, H);
+      s.outer.flush();
+      add_rows(d_w_hh + m * H * H, s.outer.sum, H);
     }
     if (d_bias) add_rows(d_bias + m * H, s.bias_sum, 1);
     if (d_w_ih_t) add_rows(d_w_ih_t + m * I * H, s.emb_sum, I);
@@ -554,9 +582,20 @@ void backward_impl(const BackwardParams& p) {
   std::mutex flush_mutex;
   parallel_for_worker(M * tiles, threads, [&](int64_t item, int worker) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
-    if (!scratch[worker])
-      scratch[worker] = std::make_unique<Scratch>(bt, ks, H, hp, I, O, d_bias, d_w_ih_t, d_w_out,
-                                                  d_b_out, d_w_hh, zero_row.data);
+    if (!scratch[worker]) {
+      thread_local std::unique_ptr<Scratch> cached;
+      const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
+      if (int64_t((I + 4 * bt) * hp * sizeof(T)) > kMaxCachedBytes) {  // a large vocabulary
+        uncached[worker] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
+        scratch[worker] = uncached[worker].get();
+      } else {
+        if (cached && cached->shape == shape)
+          cached->reset();
+        else
+          cached = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
+        scratch[worker] = cached.get();
+      }
+    }
     Scratch& sc = *scratch[worker];
     if (sc.m != m) {  // items arrive in increasing order: a thread moves on to later models
       std::lock_guard<std::mutex> lock(flush_mutex);
@@ -583,9 +622,8 @@ void backward_impl(const BackwardParams& p) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         if (y_step)
-          std::memcpy(src + r * ks + H,
-                      gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O),
-                      O * sizeof(T));
+          copy_row(src + r * ks + H,
+                   gy + (p.gy_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O), O);
         const bool last = t == T_ - 1 && g_last;
         if (g_all || last) {  // g_t arriving from outside the readout
           T* in = g + r * hp;
@@ -607,9 +645,9 @@ void backward_impl(const BackwardParams& p) {
       const int64_t k0 = t == T_ - 1 ? H : 0;  // dz_T = 0
       const int64_t k1 = y_step ? H + Oy : H;
       gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, init.data(), z, hp, Epilogue::Identity);
-      const bool pair = sc.outer && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
+      const bool pair = d_w_hh && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
       for (int64_t r = 0; r < rows && (t > 0 || pair); ++r)  // h_{t-1}: next step's h_t
-        std::memcpy(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H * sizeof(T));
+        copy_row(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         const T* zr = z + r * hp;
@@ -622,11 +660,11 @@ void backward_impl(const BackwardParams& p) {
           for (int64_t j = 0; j < hp; j += N) store(d + j, load(zr + j) * activation_grad_vec<T>(Activation::Tanh, load(h + j)));
         T* d_out = t > 0 ? (dz_next ? dz_next + ((m * B + b) * T_ + t - 1) * H : nullptr)
                          : (dz0 ? dz0 + (m * B + b) * H : nullptr);
-        if (d_out) std::memcpy(d_out, d, H * sizeof(T));
+        if (d_out) copy_row(d_out, d, H);
         if (y_step && d_b_out)
           for (int64_t o = 0; o < O; ++o) sc.bout_sum[o] += src[r * ks + H + o];
-        if (pair) sc.outer->push(d, h_prev + r * hp);
-        if (g_all || (t == T_ - 1 && g_last)) init[r] = zero_row.data;
+        if (pair) sc.outer.push(d, h_prev + r * hp);
+        if (g_all || (t == T_ - 1 && g_last)) init[r] = sc.zero_row.data;
       }
       // The step's sums over the tile's rows: dz_t for the bias and each token's embedding row,
       // gy_t h_t^T for the readout.
@@ -651,13 +689,14 @@ void backward_impl(const BackwardParams& p) {
       std::swap(src, nxt);
       std::swap(h_cur, h_prev);
     }
+    if (d_w_hh) sc.outer.flush();  // here, not in the serial flush_sums at the end
     if (dh0) {  // one more product: dL/dh0 = W_hh^T dz_0, no activation in front of h0
       gemm_tile<T>(rows, H, src, ks, wm, hp, init.data(), z, hp, Epilogue::Identity);
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
     }
   });
-  for (auto& sc : scratch)
+  for (Scratch* sc : scratch)
     if (sc) flush_sums(*sc);
 }
 
