@@ -216,7 +216,7 @@ def test_opcheck(op_backend, tokens):
         torch.library.opcheck(torch.ops.grokfast.rnn_backward.default,
                               (states, a["w_hh"].detach(), torch.randn(2, 3, 4, 5), None, gy,
                                a["w_out"].detach(), ids, a["h0"].detach(), 3, 0, mode, True,
-                               tokens, True, True, True, op_backend))
+                               tokens, True, True, True, not tokens, True, op_backend))
 
 
 def test_torch_compile():

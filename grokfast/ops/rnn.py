@@ -67,7 +67,9 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
     M, H, I = w_ih.shape
     B, T = x.shape[1], x.shape[2]
     tokens = not x.is_floating_point()
-    if tokens and x.numel() > 0:
+    # The CPU kernel checks ids itself; torch reductions here would leave torch's OpenMP
+    # workers spinning on the cores the kernel is about to use.
+    if tokens and backend != "cpu" and x.numel() > 0:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= I:
             raise ValueError(f"x: token ids must lie in [0, {I}) (the columns of w_ih), "
@@ -113,8 +115,8 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 
 
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
-                    want_w_ih: bool, want_w_out: bool, want_b_out: bool,
-                    want_w_hh: bool) -> tuple[Tensor, ...]:
+                    want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
+                    want_dz: bool, want_dh0: bool) -> tuple[Tensor, ...]:
     M, B, T, H = states.shape
     O = w_out.shape[1] if w_out is not None else 0
     # Outputs may not alias one another, so every skipped one gets its own empty tensor.
@@ -122,49 +124,57 @@ def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bi
             for shape, want in (((M, H), want_bias), ((M, vocab, H), want_w_ih),
                                 ((M, O, H), want_w_out), ((M, O), want_b_out),
                                 ((M, H, H), want_w_hh))]
-    return (torch.empty_like(states), states.new_empty(M, B, H), states.new_empty(M, B, H), *sums)
+    dz = ((torch.empty_like(states), states.new_empty(M, B, H)) if want_dz
+          else (states.new_empty(0), states.new_empty(0)))
+    return (*dz, states.new_empty(M, B, H) if want_dh0 else states.new_empty(0), *sums)
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                    g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
                    ids: Optional[Tensor], h0: Optional[Tensor], vocab: int, activation: int,
                    gy_mode: int, want_bias: bool, want_w_ih: bool, want_w_out: bool,
-                   want_b_out: bool, want_w_hh: bool,
+                   want_b_out: bool, want_w_hh: bool, want_dz: bool, want_dh0: bool,
                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                           Tensor]:
     """BPTT for states [M, B, T, H] (T >= 1) in one pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
     Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
-    holds dz_{t+1} (zeros at T-1), dz0 = dz_0, dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the
-    token embedding gradient (needs ids); d_w_hh (the CPU backend only, with h0 [M, B, H] or
-    None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T; unrequested outputs are empty."""
+    holds dz_{t+1} (zeros at T-1) and dz0 = dz_0 (with want_dz; the GPU kernels always write
+    them), dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the token embedding gradient (needs
+    ids); d_w_hh (the CPU backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1}
+    h_t^T + dz_0 h0^T; unrequested outputs are empty."""
     c = ext()
     M, B, T, H = states.shape
     want_w_hh = want_w_hh and backend == "cpu"
+    want_dz = want_dz or backend != "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh)
-    g_all = g_all.contiguous() if g_all is not None else None
-    g_last = g_last.contiguous() if g_last is not None else None
-    gy = gy.contiguous() if gy is not None else None
+                           want_w_hh, want_dz, want_dh0)
     p = c.RnnBackwardParams()
     p.M, p.B, p.T, p.H, p.I = M, B, T, H, vocab
     p.O = w_out.shape[1] if w_out is not None else 0
     p.activation = c.Activation(activation)
     p.dtype = _dtype_code(states)
-    p.states = _ptr(states)
-    p.w_hh = _ptr(w_hh)
-    p.g_all = _ptr(g_all)
-    p.g_last = _ptr(g_last)
-    p.gy_mode = c.OutputMode(gy_mode if gy is not None else 0)
-    p.gy = _ptr(gy)
-    p.w_out = _ptr(w_out)
+    p.states = states.data_ptr()
+    p.w_hh = w_hh.data_ptr()
+    if g_all is not None:
+        g_all = g_all.contiguous()
+        p.g_all = g_all.data_ptr()
+    if g_last is not None:
+        g_last = g_last.contiguous()
+        p.g_last = g_last.data_ptr()
+    if gy is not None:
+        gy = gy.contiguous()
+        p.gy = gy.data_ptr()
+        p.gy_mode = c.OutputMode(gy_mode)
+        p.w_out = _ptr(w_out)
     if ids is not None:
-        p.ids = _ptr(ids)
+        p.ids = ids.data_ptr()
         p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride()
     p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out, p.d_w_hh = map(_ptr, outs)
-    h0 = h0.contiguous() if h0 is not None and want_w_hh else None
-    p.h0 = _ptr(h0)
+    if h0 is not None and want_w_hh:
+        h0 = h0.contiguous()
+        p.h0 = h0.data_ptr()
     p.stream = _stream(states)
     c.rnn_backward(p, backend)
     return outs
@@ -175,20 +185,20 @@ def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                     g_last: Optional[Tensor], gy: Optional[Tensor], w_out: Optional[Tensor],
                     ids: Optional[Tensor], h0: Optional[Tensor], vocab: int, activation: int,
                     gy_mode: int, want_bias: bool, want_w_ih: bool, want_w_out: bool,
-                    want_b_out: bool, want_w_hh: bool,
+                    want_b_out: bool, want_w_hh: bool, want_dz: bool, want_dh0: bool,
                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                            Tensor]:
     """The fused backward as a custom op; see _backward_impl."""
     return _backward_impl(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation,
                           gy_mode, want_bias, want_w_ih, want_w_out, want_b_out, want_w_hh,
-                          backend)
+                          want_dz, want_dh0, backend)
 
 
 @rnn_backward_op.register_fake
 def _(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation, gy_mode, want_bias,
-      want_w_ih, want_w_out, want_b_out, want_w_hh, backend):
+      want_w_ih, want_w_out, want_b_out, want_w_hh, want_dz, want_dh0, backend):
     return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and backend == "cpu")
+                           want_w_hh and backend == "cpu", want_dz or backend != "cpu", want_dh0)
 
 
 def _setup_context(ctx, inputs, output):
@@ -220,7 +230,8 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
         x if tokens else None, h0, vocab, ctx.activation, ctx.y_mode,
         needs[3] and bias is not None, needs[1] and tokens, needs[5] and gy is not None,
-        needs[6] and gy is not None and ctx.has_b_out, needs[2], ctx.backend)
+        needs[6] and gy is not None and ctx.has_b_out, needs[2],
+        not tokens and (needs[0] or needs[1]), needs[4] and h0 is not None, ctx.backend)
     d_x = d_w_ih = d_h0 = None
     if not needs[2]:
         d_w_hh = None
@@ -254,18 +265,34 @@ torch.library.register_autograd("grokfast::rnn_forward", _backward, setup_contex
 
 class _EagerRNN(torch.autograd.Function):
     """The same forward and backward without the custom-op dispatch, whose Python overhead is
-    comparable to a whole short recurrence; used only for plain tensors outside tracing."""
+    comparable to a whole short recurrence; used only for plain tensors outside tracing. Takes
+    the tensors in the caller's layout (the last argument says whether they have the model
+    dimension) and adds it inside, so autograd sees no view nodes around the op."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        outputs = _forward_impl(*inputs)
-        _setup_context(ctx, inputs, outputs)
+        batched = inputs[-1]
+        canonical = _canonical(inputs[:7], batched) + inputs[7:-1]
+        outputs = _forward_impl(*canonical)
+        _setup_context(ctx, canonical, outputs)
         ctx.backward_fn = _backward_impl
-        return outputs
+        ctx.batched = batched
+        return outputs if batched else tuple(t.squeeze(0) for t in outputs)
 
     @staticmethod
     def backward(ctx, *grads):
-        return _backward(ctx, *grads)
+        if ctx.batched:
+            return (*_backward(ctx, *grads), None)
+        grads = [g.unsqueeze(0) if g is not None else None for g in grads]
+        out = _backward(ctx, *grads)
+        return (*(g.squeeze(0) if g is not None else None for g in out[:7]), *out[7:], None)
+
+
+def _canonical(tensors, batched: bool) -> tuple:
+    """(x, w_ih, w_hh, bias, h0, w_out, b_out) with the model dimension."""
+    if batched:
+        return tuple(tensors)
+    return tuple(t.unsqueeze(0) if t is not None else None for t in tensors)
 
 
 def _plain_eager(tensors) -> bool:
@@ -368,42 +395,34 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
             raise ValueError(f"h0: expected a shape broadcastable to {lead + (B, H)}, "
                              f"got {tuple(h0.shape)}") from None
 
-    if not batched:
-        x, w_ih, w_hh = x.unsqueeze(0), w_ih.unsqueeze(0), w_hh.unsqueeze(0)
-        bias = bias.unsqueeze(0) if bias is not None else None
-        h0 = h0.unsqueeze(0) if h0 is not None else None
-        w_out = w_out.unsqueeze(0) if w_out is not None else None
-        b_out = b_out.unsqueeze(0) if b_out is not None else None
-
+    lead_bh = lead + (B,)
     if T == 0:
         if w_out is not None and outputs == "last":
             raise ValueError("x: sequence length 0 has no last step to read out (outputs='last')")
-        h_last = h0.clone() if h0 is not None else w_hh.new_zeros(M, B, H)
-        y = w_hh.new_zeros(M, B, 0, w_out.shape[1]) if w_out is not None else None
-        h = {"all": w_hh.new_zeros(M, B, 0, H), "last": h_last, "none": None}[hidden]
-        return _strip(RNNOutput(y, h), batched)
+        h_last = h0.clone() if h0 is not None else w_hh.new_zeros(lead_bh + (H,))
+        y = w_hh.new_zeros(lead_bh + (0, w_out.shape[-2])) if w_out is not None else None
+        h = {"all": w_hh.new_zeros(lead_bh + (0, H)), "last": h_last, "none": None}[hidden]
+        return RNNOutput(y, h)
 
     floats = (x, w_ih, w_hh, bias, h0, w_out, b_out)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in floats)
-    args = (x, w_ih.contiguous(), w_hh.contiguous(),
-            bias.contiguous() if bias is not None else None,
-            h0.contiguous() if h0 is not None else None,
-            w_out.contiguous() if w_out is not None else None,
-            b_out.contiguous() if b_out is not None else None,
-            _ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
-            hidden == "all" or need_grad, hidden == "last", backend)
-    if not _plain_eager(floats):
-        y, h_all, h_last = torch.ops.grokfast.rnn_forward(*args)
-    elif need_grad:
-        y, h_all, h_last = _EagerRNN.apply(*args)
+    tensors = (x, w_ih.contiguous(), w_hh.contiguous(),
+               bias.contiguous() if bias is not None else None,
+               h0.contiguous() if h0 is not None else None,
+               w_out.contiguous() if w_out is not None else None,
+               b_out.contiguous() if b_out is not None else None)
+    flags = (_ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
+             hidden == "all" or need_grad, hidden == "last", backend)
+    if _plain_eager(floats) and need_grad:
+        y, h_all, h_last = _EagerRNN.apply(*tensors, *flags, batched)
     else:
-        y, h_all, h_last = _forward_impl(*args)
+        args = _canonical(tensors, batched) + flags
+        if _plain_eager(floats):
+            y, h_all, h_last = _forward_impl(*args)
+        else:
+            y, h_all, h_last = torch.ops.grokfast.rnn_forward(*args)
+        if not batched:
+            y, h_all, h_last = y.squeeze(0), h_all.squeeze(0), h_last.squeeze(0)
     h = {"all": h_all, "last": h_last, "none": None}[hidden]
-    return _strip(RNNOutput(y if w_out is not None else None, h), batched)
-
-
-def _strip(out: RNNOutput, batched: bool) -> RNNOutput:
-    if batched:
-        return out
-    return RNNOutput(*(t.squeeze(0) if t is not None else None for t in out))
+    return RNNOutput(y if w_out is not None else None, h)
