@@ -31,9 +31,12 @@ template <class T>
 struct Simd {
   static constexpr int N = 64 / int(sizeof(T));
   typedef T V __attribute__((vector_size(64)));
+  typedef T HV __attribute__((vector_size(32)));
 };
 template <class T>
 using vec = typename Simd<T>::V;
+template <class T>
+using hvec = typename Simd<T>::HV;  // half a vector: the last columns of H = 100 are 4 lanes
 
 template <class T>
 inline vec<T> load(const T* p) {
@@ -44,6 +47,24 @@ inline vec<T> load(const T* p) {
 template <class T>
 inline void store(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof v);
+}
+template <class T>
+inline hvec<T> load_half(const T* p) {
+  hvec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline hvec<T> low_half(vec<T> v) {
+  hvec<T> h;
+  std::memcpy(&h, &v, sizeof h);
+  return h;
+}
+template <class T>
+inline vec<T> widen(hvec<T> h) {  // upper half zero
+  vec<T> v{};
+  std::memcpy(&v, &h, sizeof h);
+  return v;
 }
 // dst[0:n] = src[0:n] with vector moves and a masked tail: the rows are a few hundred bytes,
 // where a libc memcpy call costs as much as the copy.
@@ -134,39 +155,57 @@ inline vec<T> apply(Epilogue e, vec<T> v) {
 
 // out[r][col:] = e(init[r][col:] + sum_k src(r, k) * w[k][col:]) for MR rows and NV vectors;
 // src(r, k) is src[r * src_ld + k], or src[r + k * src_ld] when KMajor (the operand of an
-// outer-product sum, read without transposing it).
-template <class T, int MR, int NV, bool KMajor>
+// outer-product sum, read without transposing it). With Half the last vector's upper half is
+// padding (zero in init and w): only its lower half is multiplied, and it is stored as e(0).
+template <class T, int MR, int NV, bool KMajor, bool Half>
 inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t w_ld,
                        const T* const* init, int64_t col, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
-  vec<T> acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load(init[r] + col + v * N);
+  constexpr int NF = Half ? NV - 1 : NV;  // full vectors
+  vec<T> acc[MR][NF > 0 ? NF : 1];
+  hvec<T> tail[MR];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NF; ++v) acc[r][v] = load(init[r] + col + v * N);
+    if constexpr (Half) tail[r] = load_half(init[r] + col + NF * N);
+  }
   for (int64_t k = 0; k < K; ++k) {
-    vec<T> wv[NV];
-    for (int v = 0; v < NV; ++v) wv[v] = load(w + k * w_ld + col + v * N);
+    vec<T> wv[NF > 0 ? NF : 1];
+    for (int v = 0; v < NF; ++v) wv[v] = load(w + k * w_ld + col + v * N);
+    hvec<T> wt{};
+    if constexpr (Half) wt = load_half(w + k * w_ld + col + NF * N);
     for (int r = 0; r < MR; ++r) {
       const vec<T> s = splat(KMajor ? src[k * src_ld + r] : src[r * src_ld + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
+      for (int v = 0; v < NF; ++v) acc[r][v] += s * wv[v];
+      if constexpr (Half) tail[r] += low_half<T>(s) * wt;
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(out + r * out_ld + col + v * N, apply<T>(e, acc[r][v]));
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NF; ++v) store(out + r * out_ld + col + v * N, apply<T>(e, acc[r][v]));
+    if constexpr (Half) store(out + r * out_ld + col + NF * N, apply<T>(e, widen<T>(tail[r])));
+  }
 }
 
+// Output columns [0, hp) of which the first `width` are real (the rest zero padding).
 template <class T, int MR, bool KMajor>
-void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
+void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, int64_t width,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = Simd<T>::N;
   constexpr int NB = MR <= 2 ? 8 : 4;  // MR * NB accumulators + NB weights fit 32 registers
   const int64_t nvec = hp / N;
+  const bool half = width <= hp - N / 2;
   for (int64_t c = 0; c < nvec; c += NB) {
     const int64_t col = c * N;
-    switch (std::min<int64_t>(NB, nvec - c)) {
-#define GF_CASE(nv)                                                                        \
-  case nv:                                                                                 \
-    if constexpr (nv <= NB)                                                                \
-      gemm_block<T, MR, nv, KMajor>(K, src, src_ld, w, hp, init, col, out, out_ld, e);     \
+    const int64_t nb = std::min<int64_t>(NB, nvec - c);
+    const bool last_half = half && c + nb == nvec;
+    switch (nb) {
+#define GF_CASE(nv)                                                                          \
+  case nv:                                                                                   \
+    if constexpr (nv <= NB) {                                                                \
+      if (last_half)                                                                         \
+        gemm_block<T, MR, nv, KMajor, true>(K, src, src_ld, w, hp, init, col, out, out_ld, e);  \
+      else                                                                                   \
+        gemm_block<T, MR, nv, KMajor, false>(K, src, src_ld, w, hp, init, col, out, out_ld, e); \
+    }                                                                                        \
     break;
       GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
 #undef GF_CASE
@@ -179,19 +218,19 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
 // and embedding rows are read in place.
 template <class T, bool KMajor = false>
 void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp,
-               const T* const* init, T* out, int64_t out_ld, Epilogue e) {
+               int64_t width, const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   const auto row_src = [&](int64_t r) { return KMajor ? src + r : src + r * src_ld; };
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6)
-    gemm_rows<T, 6, KMajor>(K, row_src(r), src_ld, w, hp, init + r, out + r * out_ld, out_ld, e);
+    gemm_rows<T, 6, KMajor>(K, row_src(r), src_ld, w, hp, width, init + r, out + r * out_ld, out_ld, e);
   const T* s = row_src(r);
   T* o = out + r * out_ld;
   switch (rows - r) {
-    case 5: gemm_rows<T, 5, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 4: gemm_rows<T, 4, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 3: gemm_rows<T, 3, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 2: gemm_rows<T, 2, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
-    case 1: gemm_rows<T, 1, KMajor>(K, s, src_ld, w, hp, init + r, o, out_ld, e); break;
+    case 5: gemm_rows<T, 5, KMajor>(K, s, src_ld, w, hp, width, init + r, o, out_ld, e); break;
+    case 4: gemm_rows<T, 4, KMajor>(K, s, src_ld, w, hp, width, init + r, o, out_ld, e); break;
+    case 3: gemm_rows<T, 3, KMajor>(K, s, src_ld, w, hp, width, init + r, o, out_ld, e); break;
+    case 2: gemm_rows<T, 2, KMajor>(K, s, src_ld, w, hp, width, init + r, o, out_ld, e); break;
+    case 1: gemm_rows<T, 1, KMajor>(K, s, src_ld, w, hp, width, init + r, o, out_ld, e); break;
   }
 }
 
@@ -406,9 +445,9 @@ void forward_impl(const ForwardParams& p) {
         }
       }
       if (t == 0 && !h0)  // h_{-1} = 0: only the dense input columns (none for tokens) remain
-        gemm_tile<T>(rows, K - H, src + H, ks, wm + H * hp, hp, init.data(), nxt, ks, act);
+        gemm_tile<T>(rows, K - H, src + H, ks, wm + H * hp, hp, H, init.data(), nxt, ks, act);
       else
-        gemm_tile<T>(rows, K, src, ks, wm, hp, init.data(), nxt, ks, act);
+        gemm_tile<T>(rows, K, src, ks, wm, hp, H, init.data(), nxt, ks, act);
       const bool emit_y = readout && (p.y_mode == OutputMode::All || t == T_ - 1);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
@@ -480,7 +519,7 @@ struct OuterSum {
     if (++k == kc) flush();
   }
   void flush() {
-    if (k) gemm_tile<T, true>(H, k, a.data, hp, b.data, hp, rows.data(), sum.data, hp, Epilogue::Identity);
+    if (k) gemm_tile<T, true>(H, k, a.data, hp, b.data, hp, H, rows.data(), sum.data, hp, Epilogue::Identity);
     k = 0;
   }
 };
@@ -644,7 +683,7 @@ void backward_impl(const BackwardParams& p) {
       }
       const int64_t k0 = t == T_ - 1 ? H : 0;  // dz_T = 0
       const int64_t k1 = y_step ? H + Oy : H;
-      gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, init.data(), z, hp, Epilogue::Identity);
+      gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, H, init.data(), z, hp, Epilogue::Identity);
       const bool pair = d_w_hh && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
       for (int64_t r = 0; r < rows && (t > 0 || pair); ++r)  // h_{t-1}: next step's h_t
         copy_row(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H);
@@ -691,7 +730,7 @@ void backward_impl(const BackwardParams& p) {
     }
     if (d_w_hh) sc.outer.flush();  // here, not in the serial flush_sums at the end
     if (dh0) {  // one more product: dL/dh0 = W_hh^T dz_0, no activation in front of h0
-      gemm_tile<T>(rows, H, src, ks, wm, hp, init.data(), z, hp, Epilogue::Identity);
+      gemm_tile<T>(rows, H, src, ks, wm, hp, H, init.data(), z, hp, Epilogue::Identity);
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
     }
