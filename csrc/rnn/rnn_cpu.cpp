@@ -624,7 +624,8 @@ void backward_impl(const BackwardParams& p) {
     if (!scratch[worker]) {
       thread_local std::unique_ptr<Scratch> cached;
       const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
-      if (int64_t((I + 4 * bt) * hp * sizeof(T)) > kMaxCachedBytes) {  // a large vocabulary
+      const int64_t floats = (I + O + H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
+      if (floats * int64_t(sizeof(T)) > kMaxCachedBytes) {  // large H or vocabulary: not kept
         uncached[worker] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
         scratch[worker] = uncached[worker].get();
       } else {

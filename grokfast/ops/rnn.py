@@ -42,30 +42,34 @@ def _dtype_code(t: Tensor):
 
 
 def _alloc_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_out: Optional[Tensor], y_mode: int,
-                   want_all: bool, want_last: bool) -> tuple[Tensor, Tensor, Tensor]:
-    M, H = w_hh.shape[0], w_hh.shape[1]
-    B, T = x.shape[1], x.shape[2]
-    empty = w_hh.new_empty(0)
-    y = empty
+                   want_all: bool, want_last: bool,
+                   batched: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    lead = w_hh.shape[:1] if batched else ()
+    H = w_hh.shape[-1]
+    B, T = x.shape[len(lead)], x.shape[len(lead) + 1]
+    y = w_hh.new_empty(0)
     if w_out is not None:
-        O = w_out.shape[1]
-        y = w_hh.new_empty(M, B, T, O) if y_mode == _Y_ALL else w_hh.new_empty(M, B, O)
-    h_all = w_hh.new_empty(M, B, T, H) if want_all else w_hh.new_empty(0)
-    h_last = w_hh.new_empty(M, B, H) if want_last else w_hh.new_empty(0)
+        O = w_out.shape[-2]
+        y = w_hh.new_empty(lead + ((B, T, O) if y_mode == _Y_ALL else (B, O)))
+    h_all = w_hh.new_empty(lead + (B, T, H)) if want_all else w_hh.new_empty(0)
+    h_last = w_hh.new_empty(lead + (B, H)) if want_last else w_hh.new_empty(0)
     return y, h_all, h_last
 
 
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
                   activation: int, y_mode: int, want_all: bool, want_last: bool,
-                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Canonical layout, model dimension always present: x [M, B, T] ids or [M, B, T, I];
-    w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O].
+                  backend: str, batched: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Canonical layout, model dimension present (batched): x [M, B, T] ids or [M, B, T, I];
+    w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O];
+    or all of them without M (batched=False, outputs likewise; saves the view ops).
     Returns (y, all hidden states, last hidden state); unrequested ones are empty."""
     c = ext()
-    y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last)
-    M, H, I = w_ih.shape
-    B, T = x.shape[1], x.shape[2]
+    y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last, batched)
+    n = 1 if batched else 0
+    M = w_hh.shape[0] if batched else 1
+    H, I = w_ih.shape[-2], w_ih.shape[-1]
+    B, T = x.shape[n], x.shape[n + 1]
     tokens = not x.is_floating_point()
     # The CPU kernel checks ids itself; torch reductions here would leave torch's OpenMP
     # workers spinning on the cores the kernel is about to use.
@@ -74,15 +78,15 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
         if lo < 0 or hi >= I:
             raise ValueError(f"x: token ids must lie in [0, {I}) (the columns of w_ih), "
                              f"got values in [{lo}, {hi}]")
-    w_ih_t = w_ih.transpose(1, 2).contiguous()
+    w_ih_t = w_ih.transpose(-1, -2).contiguous()
     p = c.RnnForwardParams()
     p.M, p.B, p.T, p.I, p.H = M, B, T, I, H
-    p.O = w_out.shape[1] if w_out is not None else 0
+    p.O = w_out.shape[-2] if w_out is not None else 0
     p.tokens = tokens
     p.activation = c.Activation(activation)
     p.dtype = _dtype_code(w_hh)
     p.x = _ptr(x)
-    strides = list(x.stride()) + [0]
+    strides = (x.stride() if batched else (0, *x.stride())) + (0,)
     p.x_stride_m, p.x_stride_b, p.x_stride_t, p.x_stride_i = strides[:4]
     p.w_ih_t = _ptr(w_ih_t)
     p.w_hh = _ptr(w_hh)
@@ -117,16 +121,17 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
                     want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
                     want_dz: bool, want_dh0: bool) -> tuple[Tensor, ...]:
-    M, B, T, H = states.shape
-    O = w_out.shape[1] if w_out is not None else 0
+    lead = states.shape[:-3]  # (M,) or () like the forward's inputs
+    B, H = states.shape[-3], states.shape[-1]
+    O = w_out.shape[-2] if w_out is not None else 0
     # Outputs may not alias one another, so every skipped one gets its own empty tensor.
-    sums = [states.new_zeros(shape) if want else states.new_empty(0)
-            for shape, want in (((M, H), want_bias), ((M, vocab, H), want_w_ih),
-                                ((M, O, H), want_w_out), ((M, O), want_b_out),
-                                ((M, H, H), want_w_hh))]
-    dz = ((torch.empty_like(states), states.new_empty(M, B, H)) if want_dz
+    sums = [states.new_zeros(lead + shape) if want else states.new_empty(0)
+            for shape, want in (((H,), want_bias), ((vocab, H), want_w_ih),
+                                ((O, H), want_w_out), ((O,), want_b_out),
+                                ((H, H), want_w_hh))]
+    dz = ((torch.empty_like(states), states.new_empty(lead + (B, H))) if want_dz
           else (states.new_empty(0), states.new_empty(0)))
-    return (*dz, states.new_empty(M, B, H) if want_dh0 else states.new_empty(0), *sums)
+    return (*dz, states.new_empty(lead + (B, H)) if want_dh0 else states.new_empty(0), *sums)
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
@@ -136,7 +141,8 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                    want_b_out: bool, want_w_hh: bool, want_dz: bool, want_dh0: bool,
                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                           Tensor]:
-    """BPTT for states [M, B, T, H] (T >= 1) in one pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
+    """BPTT for states [M, B, T, H] or [B, T, H] (T >= 1; every tensor then without M) in one
+    pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
     Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
@@ -145,14 +151,16 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     ids); d_w_hh (the CPU backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1}
     h_t^T + dz_0 h0^T; unrequested outputs are empty."""
     c = ext()
-    M, B, T, H = states.shape
+    batched = states.dim() == 4
+    B, T, H = states.shape[-3:]
+    M = states.shape[0] if batched else 1
     want_w_hh = want_w_hh and backend == "cpu"
     want_dz = want_dz or backend != "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
                            want_w_hh, want_dz, want_dh0)
     p = c.RnnBackwardParams()
     p.M, p.B, p.T, p.H, p.I = M, B, T, H, vocab
-    p.O = w_out.shape[1] if w_out is not None else 0
+    p.O = w_out.shape[-2] if w_out is not None else 0
     p.activation = c.Activation(activation)
     p.dtype = _dtype_code(states)
     p.states = states.data_ptr()
@@ -170,7 +178,7 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
         p.w_out = _ptr(w_out)
     if ids is not None:
         p.ids = ids.data_ptr()
-        p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride()
+        p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride() if batched else (0, *ids.stride())
     p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out, p.d_w_hh = map(_ptr, outs)
     if h0 is not None and want_w_hh:
         h0 = h0.contiguous()
@@ -216,8 +224,11 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     if not ctx.saved_states:
         raise RuntimeError("grokfast::rnn_forward was called with want_all=False, so it kept no "
                            "hidden states for the backward; call it through grokfast.ops.rnn")
+    # Saved with the model dimension (the custom op) or without it (the eager path).
     x, w_ih, w_hh, bias, h0, w_out, states = ctx.saved_tensors
-    M, B, T, H = states.shape
+    batched = states.dim() == 4
+    B, T, H = states.shape[-3:]
+    M = states.shape[0] if batched else 1
     needs = ctx.needs_input_grad
     g_all = grad_h_all if grad_h_all is not None and grad_h_all.numel() > 0 else None
     g_last = grad_h_last if grad_h_last is not None and grad_h_last.numel() > 0 else None
@@ -225,7 +236,7 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     if g_all is None and g_last is None and gy is None:
         return (None,) * 12
     tokens = not x.is_floating_point()
-    vocab = w_ih.shape[2]
+    vocab = w_ih.shape[-1]
     dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh = ctx.backward_fn(
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
         x if tokens else None, h0, vocab, ctx.activation, ctx.y_mode,
@@ -237,24 +248,29 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         d_w_hh = None
     elif d_w_hh.numel() == 0:  # GPU backends: one batched GEMM outside the kernel
         # dz_{t+1} sits at slot t of dz_next, next to h_t at slot t of states: one GEMM.
-        d_w_hh = dz_next.reshape(M, B * T, H).transpose(1, 2) @ states.reshape(M, B * T, H)
+        d_w_hh = (dz_next.reshape(M, B * T, H).transpose(1, 2)
+                  @ states.reshape(M, B * T, H)).reshape(w_hh.shape)
         if h0 is not None:
-            d_w_hh = d_w_hh + dz0.transpose(1, 2) @ h0
+            d_w_hh = d_w_hh + dz0.transpose(-1, -2) @ h0
     if needs[4] and h0 is not None:
         d_h0 = dh0
     if tokens:
-        d_w_ih = d_w_ih_t.transpose(1, 2) if needs[1] else None
+        d_w_ih = d_w_ih_t.transpose(-1, -2) if needs[1] else None
     elif needs[0] or needs[1]:
+        if not batched:
+            x, w_ih, dz_next, dz0 = x.unsqueeze(0), w_ih.unsqueeze(0), dz_next.unsqueeze(0), dz0.unsqueeze(0)
         # Pair dz_next[:, :, t] = dz_{t+1} with x_{t+1}; dz_0 with x_0 separately.
         I = w_ih.shape[2]
         if needs[0]:
             w_ih_b = w_ih.unsqueeze(1)
             d_x = torch.cat([torch.matmul(dz0.unsqueeze(2), w_ih_b),
                              torch.matmul(dz_next, w_ih_b)[:, :, :-1]], 2)
+            d_x = d_x if batched else d_x.squeeze(0)
         if needs[1]:
             x_next = torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], 2)
             d_w_ih = (dz_next.reshape(M, B * T, H).transpose(1, 2) @ x_next.reshape(M, B * T, I)
                       + dz0.transpose(1, 2) @ x[:, :, 0])
+            d_w_ih = d_w_ih if batched else d_w_ih.squeeze(0)
     keep = lambda t, need: t if need and t.numel() > 0 else None
     return (d_x, d_w_ih, d_w_hh, keep(d_bias, needs[3]), d_h0, keep(d_w_out, needs[5]),
             keep(d_b_out, needs[6]), None, None, None, None, None)
@@ -267,25 +283,18 @@ class _EagerRNN(torch.autograd.Function):
     """The same forward and backward without the custom-op dispatch, whose Python overhead is
     comparable to a whole short recurrence; used only for plain tensors outside tracing. Takes
     the tensors in the caller's layout (the last argument says whether they have the model
-    dimension) and adds it inside, so autograd sees no view nodes around the op."""
+    dimension), so no view ops run around the kernels."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        batched = inputs[-1]
-        canonical = _canonical(inputs[:7], batched) + inputs[7:-1]
-        outputs = _forward_impl(*canonical)
-        _setup_context(ctx, canonical, outputs)
+        outputs = _forward_impl(*inputs[:-1], batched=inputs[-1])
+        _setup_context(ctx, inputs[:-1], outputs)
         ctx.backward_fn = _backward_impl
-        ctx.batched = batched
-        return outputs if batched else tuple(t.squeeze(0) for t in outputs)
+        return outputs
 
     @staticmethod
     def backward(ctx, *grads):
-        if ctx.batched:
-            return (*_backward(ctx, *grads), None)
-        grads = [g.unsqueeze(0) if g is not None else None for g in grads]
-        out = _backward(ctx, *grads)
-        return (*(g.squeeze(0) if g is not None else None for g in out[:7]), *out[7:], None)
+        return (*_backward(ctx, *grads), None)
 
 
 def _canonical(tensors, batched: bool) -> tuple:
@@ -414,15 +423,13 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
                b_out.contiguous() if b_out is not None else None)
     flags = (_ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
              hidden == "all" or need_grad, hidden == "last", backend)
-    if _plain_eager(floats) and need_grad:
-        y, h_all, h_last = _EagerRNN.apply(*tensors, *flags, batched)
-    else:
-        args = _canonical(tensors, batched) + flags
-        if _plain_eager(floats):
-            y, h_all, h_last = _forward_impl(*args)
-        else:
-            y, h_all, h_last = torch.ops.grokfast.rnn_forward(*args)
+    if not _plain_eager(floats):
+        y, h_all, h_last = torch.ops.grokfast.rnn_forward(*_canonical(tensors, batched), *flags)
         if not batched:
             y, h_all, h_last = y.squeeze(0), h_all.squeeze(0), h_last.squeeze(0)
+    elif need_grad:
+        y, h_all, h_last = _EagerRNN.apply(*tensors, *flags, batched)
+    else:
+        y, h_all, h_last = _forward_impl(*tensors, *flags, batched=batched)
     h = {"all": h_all, "last": h_last, "none": None}[hidden]
     return RNNOutput(y if w_out is not None else None, h)
