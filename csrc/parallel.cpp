@@ -50,7 +50,7 @@ class Pool {
   int workers() const { return int(threads_.size()); }
 
   // Caller holds busy_.
-  void run(int64_t n, int helpers, const WorkerFn& fn) {
+  void run(int64_t n, int helpers, const std::function<void(int64_t)>& fn) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &fn;
@@ -62,7 +62,7 @@ class Pool {
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    drain(0);
+    drain();
     // The helpers are finishing their last items: waiting for them on a futex would add its
     // wake-up latency to every call.
     spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, kCallerSpin);
@@ -75,9 +75,9 @@ class Pool {
   std::mutex busy_;
 
  private:
-  void drain(int worker) {
+  void drain() {
     try {
-      for (int64_t i; (i = next_.fetch_add(1)) < items_;) (*job_)(i, worker);
+      for (int64_t i; (i = next_.fetch_add(1)) < items_;) (*job_)(i);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
@@ -99,7 +99,7 @@ class Pool {
         seen = generation_.load();
         if (index >= helpers_) continue;
       }
-      drain(index + 1);
+      drain();
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);  // the caller checks pending_ under it
         done_.notify_one();
@@ -110,7 +110,7 @@ class Pool {
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable wake_, done_;
-  const WorkerFn* job_ = nullptr;
+  const std::function<void(int64_t)>* job_ = nullptr;
   int64_t items_ = 0;
   std::atomic<int64_t> next_{0};
   int helpers_ = 0;
@@ -145,16 +145,16 @@ int hardware_threads() {
   return count;
 }
 
-void parallel_for_worker(int64_t n, int threads, const WorkerFn& fn) {
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
   threads = int(std::min<int64_t>(threads, n));
   if (threads <= 1 || inside_parallel) {
-    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
   Pool& p = get_pool();
   std::unique_lock<std::mutex> busy(p.busy_, std::try_to_lock);
   if (!busy.owns_lock() || p.workers() == 0) {
-    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
   inside_parallel = true;
@@ -165,10 +165,6 @@ void parallel_for_worker(int64_t n, int threads, const WorkerFn& fn) {
     throw;
   }
   inside_parallel = false;
-}
-
-void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
-  parallel_for_worker(n, threads, [&fn](int64_t i, int) { fn(i); });
 }
 
 }  // namespace gf

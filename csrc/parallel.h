@@ -11,11 +11,6 @@ namespace gf {
 // rethrows the first exception. Nested or concurrent calls run serially on the caller.
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn);
 
-// As parallel_for, also passing the index of the thread running the item (0 = the caller,
-// always < threads), for scratch kept per thread instead of per item.
-using WorkerFn = std::function<void(int64_t item, int worker)>;
-void parallel_for_worker(int64_t n, int threads, const WorkerFn& fn);
-
 // Hardware threads available to the kernels.
 int hardware_threads();
 

@@ -434,3 +434,21 @@ def test_gradients_many_models_on_two_threads(tokens):
                                    [a[k] for k in params])
         for name, mine, other in zip(params, ours, theirs):
             torch.testing.assert_close(mine, other, atol=5e-4, rtol=5e-4, msg=name)
+
+
+@pytest.mark.parametrize("M", [None, 3])
+def test_cpu_gradients_are_deterministic(M):
+    # The weight-gradient sums over batch tiles run on two threads; their order must not depend
+    # on which thread finished first (a seeded run gives the same trajectory every time).
+    a = make(100, 128, 12, tokens=True, M=M)
+    params = ["w_ih", "w_hh", "bias", "w_out", "b_out"]
+    for k in params:
+        a[k].requires_grad_(True)
+    first = None
+    for _ in range(8):
+        out = rnn(**a, activation="relu", backend="cpu")
+        grads = torch.autograd.grad(out.y.square().sum(), [a[k] for k in params])
+        if first is None:
+            first = grads
+        for name, mine, other in zip(params, grads, first):
+            assert torch.equal(mine, other), name

@@ -569,10 +569,10 @@ void backward_impl(const BackwardParams& p) {
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
 
-  // Per thread: step buffers for one tile, and the (b, t) sums of the tiles it ran for model m,
-  // added to the outputs when it moves to another model and at the end. Kept by each thread
-  // between calls of the same shape: allocating and zeroing ~200 KB per call (page faults
-  // included) cost as much as a training step's sums.
+  // Sums are deterministic (the same bits at any thread timing): the tiles are cut into fixed
+  // chunks, each with its own step buffers and sums. With M >= threads a chunk holds whole
+  // models, so each model's sums come from one chunk; otherwise a chunk holds part of one
+  // model, and a model's chunks are added in chunk order at the end.
   struct Scratch {
     std::array<int64_t, 6> shape;
     int64_t m = -1;
@@ -593,9 +593,31 @@ void backward_impl(const BackwardParams& p) {
       std::fill(init.begin(), init.end(), zero_row.data);
     }
   };
-  constexpr int64_t kMaxCachedBytes = int64_t(8) << 20;
-  std::vector<Scratch*> scratch(threads, nullptr);
-  std::vector<std::unique_ptr<Scratch>> uncached(threads);
+  const int64_t chunks_per_model = M >= threads ? 0 : std::min<int64_t>(tiles, threads / M);
+  const int64_t chunks = M >= threads ? threads : M * chunks_per_model;
+  // Kept by the calling thread between calls of the same shape: allocating and zeroing ~200 KB
+  // per chunk and call (page faults included) cost as much as a training step's sums.
+  thread_local std::vector<std::unique_ptr<Scratch>> cache;
+  std::vector<std::unique_ptr<Scratch>> uncached;
+  std::vector<Scratch*> scratch(chunks);
+  {
+    const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
+    const int64_t floats = (I + O + H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
+    const bool keep = floats * int64_t(sizeof(T)) <= (int64_t(8) << 20);  // not for huge H or I
+    if (keep && int64_t(cache.size()) < chunks) cache.resize(chunks);
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (!keep) {
+        uncached.push_back(std::make_unique<Scratch>(bt, ks, H, hp, I, O));
+        scratch[c] = uncached.back().get();
+        continue;
+      }
+      if (cache[c] && cache[c]->shape == shape)
+        cache[c]->reset();
+      else
+        cache[c] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
+      scratch[c] = cache[c].get();
+    }
+  }
   const auto flush_sums = [&](Scratch& s) {
     if (s.m < 0) return;
     const int64_t m = s.m;
@@ -618,27 +640,9 @@ void backward_impl(const BackwardParams& p) {
     }
     s.m = -1;
   };
-  std::mutex flush_mutex;
-  parallel_for_worker(M * tiles, threads, [&](int64_t item, int worker) {
-    const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
-    if (!scratch[worker]) {
-      thread_local std::unique_ptr<Scratch> cached;
-      const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
-      const int64_t floats = (I + O + H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
-      if (floats * int64_t(sizeof(T)) > kMaxCachedBytes) {  // large H or vocabulary: not kept
-        uncached[worker] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
-        scratch[worker] = uncached[worker].get();
-      } else {
-        if (cached && cached->shape == shape)
-          cached->reset();
-        else
-          cached = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
-        scratch[worker] = cached.get();
-      }
-    }
-    Scratch& sc = *scratch[worker];
-    if (sc.m != m) {  // items arrive in increasing order: a thread moves on to later models
-      std::lock_guard<std::mutex> lock(flush_mutex);
+  const auto run_tile = [&](Scratch& sc, int64_t m, int64_t tile) {
+    const int64_t b0 = tile * bt, rows = std::min(bt, B - b0);
+    if (sc.m != m) {  // a chunk of whole models moves on: model sc.m is all its own
       flush_sums(sc);
       sc.m = m;
     }
@@ -735,9 +739,19 @@ void backward_impl(const BackwardParams& p) {
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
     }
+  };
+  parallel_for(chunks, threads, [&](int64_t c) {
+    Scratch& sc = *scratch[c];
+    if (chunks_per_model == 0) {  // whole models [c M / chunks, (c + 1) M / chunks)
+      for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m)
+        for (int64_t tile = 0; tile < tiles; ++tile) run_tile(sc, m, tile);
+    } else {  // part j of model m
+      const int64_t m = c / chunks_per_model, j = c % chunks_per_model;
+      for (int64_t tile = j * tiles / chunks_per_model; tile < (j + 1) * tiles / chunks_per_model; ++tile)
+        run_tile(sc, m, tile);
+    }
   });
-  for (Scratch* sc : scratch)
-    if (sc) flush_sums(*sc);
+  for (Scratch* sc : scratch) flush_sums(*sc);  // in chunk order
 }
 
 }  // namespace
