@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 BACKENDS = ("cpu", "cuda", "cuda-emulated")
+Named = Union[dict[str, Optional[Tensor]], Iterable[tuple[str, Optional[Tensor]]]]
 
 
 def as_tensor(name: str, value: Any, *, optional: bool = False) -> Optional[Tensor]:
@@ -46,15 +47,19 @@ def resolve_backend(backend: Optional[str], device: torch.device, what: str = "t
     return backend
 
 
-def check_same_device(named: dict[str, Optional[Tensor]], device: torch.device,
-                      reference: str = "w_hh") -> None:
-    for name, t in named.items():
+def _pairs(named) -> Iterable[tuple[str, Optional[Tensor]]]:
+    return named.items() if isinstance(named, dict) else named
+
+
+def check_same_device(named: Named, device: torch.device, reference: str = "w_hh") -> None:
+    """named: {name: tensor or None} or (name, tensor or None) pairs (cheaper to build)."""
+    for name, t in _pairs(named):
         if t is not None and t.device != device:
             raise ValueError(f"{name}: expected a tensor on {device} (where {reference} is), "
                              f"got {t.device}")
 
 
-def check_dtype(named: dict[str, Optional[Tensor]], dtype: torch.dtype) -> None:
-    for name, t in named.items():
+def check_dtype(named: Named, dtype: torch.dtype) -> None:
+    for name, t in _pairs(named):
         if t is not None and t.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype} (the dtype of w_hh), got {t.dtype}")

@@ -36,69 +36,82 @@ def _stream(t: Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
-def _dtype_code(t: Tensor):
-    c = ext()
-    return c.DType.Float64 if t.dtype == torch.float64 else c.DType.Float32
-
-
 def _alloc_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_out: Optional[Tensor], y_mode: int,
-                   want_all: bool, want_last: bool,
-                   batched: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                   want_all: bool, want_last: bool, batched: bool = True,
+                   placeholders: bool = True) -> tuple:
+    """The custom op's outputs; unrequested ones are empty (None with placeholders=False)."""
     lead = w_hh.shape[:1] if batched else ()
     H = w_hh.shape[-1]
-    B, T = x.shape[len(lead)], x.shape[len(lead) + 1]
-    y = w_hh.new_empty(0)
-    if w_out is not None:
-        O = w_out.shape[-2]
-        y = w_hh.new_empty(lead + ((B, T, O) if y_mode == _Y_ALL else (B, O)))
-    h_all = w_hh.new_empty(lead + (B, T, H)) if want_all else w_hh.new_empty(0)
-    h_last = w_hh.new_empty(lead + (B, H)) if want_last else w_hh.new_empty(0)
+    B, T = x.shape[len(lead):len(lead) + 2]
+    empty = w_hh.new_empty
+
+    def skipped():  # the custom op's outputs may not alias one another
+        return empty(0) if placeholders else None
+
+    y = skipped() if w_out is None else empty(
+        lead + ((B, T, w_out.shape[-2]) if y_mode == _Y_ALL else (B, w_out.shape[-2])))
+    h_all = empty(lead + (B, T, H)) if want_all else skipped()
+    h_last = empty(lead + (B, H)) if want_last else skipped()
     return y, h_all, h_last
 
 
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
                   activation: int, y_mode: int, want_all: bool, want_last: bool,
-                  backend: str, batched: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                  backend: str, batched: bool = True,
+                  placeholders: bool = True) -> tuple:
     """Canonical layout, model dimension present (batched): x [M, B, T] ids or [M, B, T, I];
     w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O];
     or all of them without M (batched=False, outputs likewise; saves the view ops).
-    Returns (y, all hidden states, last hidden state); unrequested ones are empty."""
+    Returns (y, all hidden states, last hidden state); unrequested ones are empty (None with
+    placeholders=False)."""
     c = ext()
-    y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last, batched)
+    y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last, batched,
+                                      placeholders)
+    xs = x.stride()
     n = 1 if batched else 0
-    M = w_hh.shape[0] if batched else 1
-    H, I = w_ih.shape[-2], w_ih.shape[-1]
-    B, T = x.shape[n], x.shape[n + 1]
+    H, I = w_ih.shape[-2:]
     tokens = not x.is_floating_point()
     # The CPU kernel checks ids itself; torch reductions here would leave torch's OpenMP
     # workers spinning on the cores the kernel is about to use.
     if tokens and backend != "cpu" and x.numel() > 0:
-        lo, hi = int(x.min()), int(x.max())
+        lo, hi = torch.aminmax(x)
+        lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= I:
             raise ValueError(f"x: token ids must lie in [0, {I}) (the columns of w_ih), "
                              f"got values in [{lo}, {hi}]")
     w_ih_t = w_ih.transpose(-1, -2).contiguous()
-    p = c.RnnForwardParams()
-    p.M, p.B, p.T, p.I, p.H = M, B, T, I, H
-    p.O = w_out.shape[-2] if w_out is not None else 0
+    p = c.RnnForwardParams()  # pointers left unset stay null (absent)
+    p.M = w_hh.shape[0] if batched else 1
+    p.B, p.T = x.shape[n:n + 2]
+    p.I, p.H = I, H
     p.tokens = tokens
     p.activation = c.Activation(activation)
-    p.dtype = _dtype_code(w_hh)
+    p.dtype = c.DType.Float64 if w_hh.dtype == torch.float64 else c.DType.Float32
     p.x = _ptr(x)
-    strides = (x.stride() if batched else (0, *x.stride())) + (0,)
-    p.x_stride_m, p.x_stride_b, p.x_stride_t, p.x_stride_i = strides[:4]
+    if batched:
+        p.x_stride_m = xs[0]
+    p.x_stride_b, p.x_stride_t = xs[n:n + 2]
+    if not tokens:
+        p.x_stride_i = xs[n + 2]
     p.w_ih_t = _ptr(w_ih_t)
     p.w_hh = _ptr(w_hh)
-    p.bias = _ptr(bias)
-    p.h0 = _ptr(h0)
-    p.w_out = _ptr(w_out)
-    p.b_out = _ptr(b_out)
-    p.y_mode = c.OutputMode(y_mode if w_out is not None else 0)
-    p.y = _ptr(y)
-    p.h_all = _ptr(h_all)
-    p.h_last = _ptr(h_last)
-    p.stream = _stream(w_hh)
+    if bias is not None:
+        p.bias = _ptr(bias)
+    if h0 is not None:
+        p.h0 = _ptr(h0)
+    if w_out is not None:
+        p.O = w_out.shape[-2]
+        p.w_out = _ptr(w_out)
+        p.b_out = _ptr(b_out)
+        p.y_mode = c.OutputMode(y_mode)
+        p.y = _ptr(y)
+    if h_all is not None:
+        p.h_all = _ptr(h_all)
+    if h_last is not None:
+        p.h_last = _ptr(h_last)
+    if w_hh.is_cuda:
+        p.stream = _stream(w_hh)
     c.rnn_forward(p, backend)
     return y, h_all, h_last
 
@@ -120,18 +133,28 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
                     want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
-                    want_dz: bool, want_dh0: bool) -> tuple[Tensor, ...]:
-    lead = states.shape[:-3]  # (M,) or () like the forward's inputs
-    B, H = states.shape[-3], states.shape[-1]
+                    want_dz: bool, want_dh0: bool, placeholders: bool = True) -> tuple:
+    """The outputs of _backward_impl; unrequested ones are empty (None with placeholders=False)."""
+    shape = states.shape
+    lead = shape[:-3]  # (M,) or () like the forward's inputs
+    B, H = shape[-3], shape[-1]
     O = w_out.shape[-2] if w_out is not None else 0
-    # Outputs may not alias one another, so every skipped one gets its own empty tensor.
-    sums = [states.new_zeros(lead + shape) if want else states.new_empty(0)
-            for shape, want in (((H,), want_bias), ((vocab, H), want_w_ih),
-                                ((O, H), want_w_out), ((O,), want_b_out),
-                                ((H, H), want_w_hh))]
-    dz = ((torch.empty_like(states), states.new_empty(lead + (B, H))) if want_dz
-          else (states.new_empty(0), states.new_empty(0)))
-    return (*dz, states.new_empty(lead + (B, H)) if want_dh0 else states.new_empty(0), *sums)
+    zeros, empty = states.new_zeros, states.new_empty
+
+    def skipped():  # the custom op's outputs may not alias one another
+        return empty(0) if placeholders else None
+
+    return (torch.empty_like(states) if want_dz else skipped(),
+            empty(lead + (B, H)) if want_dz else skipped(),
+            empty(lead + (B, H)) if want_dh0 else skipped(),
+            zeros(lead + (H,)) if want_bias else skipped(),
+            zeros(lead + (vocab, H)) if want_w_ih else skipped(),
+            zeros(lead + (O, H)) if want_w_out else skipped(),
+            zeros(lead + (O,)) if want_b_out else skipped(),
+            zeros(lead + (H, H)) if want_w_hh else skipped())
+
+
+_BACKWARD_OUTPUTS = ("dz_next", "dz0", "dh0", "d_bias", "d_w_ih_t", "d_w_out", "d_b_out", "d_w_hh")
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
@@ -139,30 +162,27 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                    ids: Optional[Tensor], h0: Optional[Tensor], vocab: int, activation: int,
                    gy_mode: int, want_bias: bool, want_w_ih: bool, want_w_out: bool,
                    want_b_out: bool, want_w_hh: bool, want_dz: bool, want_dh0: bool,
-                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                          Tensor]:
+                   backend: str, placeholders: bool = True) -> tuple:
     """BPTT for states [M, B, T, H] or [B, T, H] (T >= 1; every tensor then without M) in one
     pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
     Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
     holds dz_{t+1} (zeros at T-1) and dz0 = dz_0 (with want_dz; the GPU kernels always write
-    them), dh0 = W_hh^T dz_0, d_w_ih_t [M, vocab, H] is the token embedding gradient (needs
-    ids); d_w_hh (the CPU backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1}
-    h_t^T + dz_0 h0^T; unrequested outputs are empty."""
+    them), dh0 = W_hh^T dz_0 (with want_dh0; without it the kernel skips that product),
+    d_w_ih_t [M, vocab, H] is the token embedding gradient (needs ids); d_w_hh (the CPU
+    backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T;
+    unrequested outputs are empty (None with placeholders=False)."""
     c = ext()
-    batched = states.dim() == 4
-    B, T, H = states.shape[-3:]
-    M = states.shape[0] if batched else 1
-    want_w_hh = want_w_hh and backend == "cpu"
-    want_dz = want_dz or backend != "cpu"
+    cpu = backend == "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh, want_dz, want_dh0)
-    p = c.RnnBackwardParams()
-    p.M, p.B, p.T, p.H, p.I = M, B, T, H, vocab
-    p.O = w_out.shape[-2] if w_out is not None else 0
+                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders)
+    batched = states.dim() == 4
+    p = c.RnnBackwardParams()  # pointers left unset stay null (absent)
+    p.M, p.B, p.T, p.H = states.shape if batched else (1, *states.shape)
+    p.I = vocab
     p.activation = c.Activation(activation)
-    p.dtype = _dtype_code(states)
+    p.dtype = c.DType.Float64 if states.dtype == torch.float64 else c.DType.Float32
     p.states = states.data_ptr()
     p.w_hh = w_hh.data_ptr()
     if g_all is not None:
@@ -171,6 +191,8 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     if g_last is not None:
         g_last = g_last.contiguous()
         p.g_last = g_last.data_ptr()
+    if w_out is not None:
+        p.O = w_out.shape[-2]
     if gy is not None:
         gy = gy.contiguous()
         p.gy = gy.data_ptr()
@@ -178,14 +200,25 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
         p.w_out = _ptr(w_out)
     if ids is not None:
         p.ids = ids.data_ptr()
-        p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = ids.stride() if batched else (0, *ids.stride())
-    p.dz_next, p.dz0, p.dh0, p.d_bias, p.d_w_ih_t, p.d_w_out, p.d_b_out, p.d_w_hh = map(_ptr, outs)
-    if h0 is not None and want_w_hh:
+        st = ids.stride()
+        if batched:
+            p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = st
+        else:
+            p.ids_stride_b, p.ids_stride_t = st
+    for name, t in zip(_BACKWARD_OUTPUTS, outs):
+        if t is not None:
+            setattr(p, name, _ptr(t))
+    if h0 is not None and want_w_hh and cpu:
         h0 = h0.contiguous()
         p.h0 = h0.data_ptr()
-    p.stream = _stream(states)
+    if states.is_cuda:
+        p.stream = _stream(states)
     c.rnn_backward(p, backend)
     return outs
+
+
+def _eager_backward_impl(*args) -> tuple:
+    return _backward_impl(*args, placeholders=False)
 
 
 @torch.library.custom_op("grokfast::rnn_backward", mutates_args=())
@@ -209,15 +242,23 @@ def _(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation, gy_mod
                            want_w_hh and backend == "cpu", want_dz or backend != "cpu", want_dh0)
 
 
-def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend = inputs
-    _, h_all, _ = output
-    ctx.save_for_backward(x, w_ih, w_hh, bias, h0, w_out, h_all)
+def _save(ctx, x, w_ih, w_hh, bias, h0, w_out, h_all, activation, y_mode, want_all,
+          has_b_out, backend, backward_fn) -> None:
+    # Token ids need only the vocabulary size of w_ih; flags stand in for the biases.
+    dense = x.is_floating_point()
+    ctx.save_for_backward(x, w_ih if dense else None, w_hh, h0, w_out, h_all)
+    ctx.vocab = w_ih.shape[-1]
     ctx.activation, ctx.y_mode, ctx.backend = activation, y_mode, backend
     ctx.saved_states = want_all
-    ctx.has_b_out = b_out is not None
+    ctx.has_bias, ctx.has_b_out = bias is not None, has_b_out
     ctx.set_materialize_grads(False)  # unused outputs send None, not zero tensors
-    ctx.backward_fn = torch.ops.grokfast.rnn_backward
+    ctx.backward_fn = backward_fn
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_last, backend = inputs
+    _save(ctx, x, w_ih, w_hh, bias, h0, w_out, output[1], activation, y_mode, want_all,
+          b_out is not None, backend, torch.ops.grokfast.rnn_backward)
 
 
 def _backward(ctx, grad_y, grad_h_all, grad_h_last):
@@ -225,10 +266,7 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         raise RuntimeError("grokfast::rnn_forward was called with want_all=False, so it kept no "
                            "hidden states for the backward; call it through grokfast.ops.rnn")
     # Saved with the model dimension (the custom op) or without it (the eager path).
-    x, w_ih, w_hh, bias, h0, w_out, states = ctx.saved_tensors
-    batched = states.dim() == 4
-    B, T, H = states.shape[-3:]
-    M = states.shape[0] if batched else 1
+    x, w_ih, w_hh, h0, w_out, states = ctx.saved_tensors
     needs = ctx.needs_input_grad
     g_all = grad_h_all if grad_h_all is not None and grad_h_all.numel() > 0 else None
     g_last = grad_h_last if grad_h_last is not None and grad_h_last.numel() > 0 else None
@@ -236,27 +274,31 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     if g_all is None and g_last is None and gy is None:
         return (None,) * 12
     tokens = not x.is_floating_point()
-    vocab = w_ih.shape[-1]
+    want_h0 = needs[4] and h0 is not None
+    # Unrequested outputs come back empty (the custom op) or None (the eager path).
     dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh = ctx.backward_fn(
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
-        x if tokens else None, h0, vocab, ctx.activation, ctx.y_mode,
-        needs[3] and bias is not None, needs[1] and tokens, needs[5] and gy is not None,
+        x if tokens else None, h0, ctx.vocab, ctx.activation, ctx.y_mode,
+        needs[3] and ctx.has_bias, needs[1] and tokens, needs[5] and gy is not None,
         needs[6] and gy is not None and ctx.has_b_out, needs[2],
-        not tokens and (needs[0] or needs[1]), needs[4] and h0 is not None, ctx.backend)
-    d_x = d_w_ih = d_h0 = None
+        not tokens and (needs[0] or needs[1]), want_h0, ctx.backend)
+    d_x = d_w_ih = None
+    batched = states.dim() == 4
     if not needs[2]:
         d_w_hh = None
-    elif d_w_hh.numel() == 0:  # GPU backends: one batched GEMM outside the kernel
+    elif d_w_hh is None or d_w_hh.numel() == 0:  # GPU backends: one batched GEMM outside the kernel
         # dz_{t+1} sits at slot t of dz_next, next to h_t at slot t of states: one GEMM.
+        B, T, H = states.shape[-3:]
+        M = states.shape[0] if batched else 1
         d_w_hh = (dz_next.reshape(M, B * T, H).transpose(1, 2)
                   @ states.reshape(M, B * T, H)).reshape(w_hh.shape)
         if h0 is not None:
             d_w_hh = d_w_hh + dz0.transpose(-1, -2) @ h0
-    if needs[4] and h0 is not None:
-        d_h0 = dh0
     if tokens:
         d_w_ih = d_w_ih_t.transpose(-1, -2) if needs[1] else None
     elif needs[0] or needs[1]:
+        B, T, H = states.shape[-3:]
+        M = states.shape[0] if batched else 1
         if not batched:
             x, w_ih, dz_next, dz0 = x.unsqueeze(0), w_ih.unsqueeze(0), dz_next.unsqueeze(0), dz0.unsqueeze(0)
         # Pair dz_next[:, :, t] = dz_{t+1} with x_{t+1}; dz_0 with x_0 separately.
@@ -271,9 +313,12 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
             d_w_ih = (dz_next.reshape(M, B * T, H).transpose(1, 2) @ x_next.reshape(M, B * T, I)
                       + dz0.transpose(1, 2) @ x[:, :, 0])
             d_w_ih = d_w_ih if batched else d_w_ih.squeeze(0)
-    keep = lambda t, need: t if need and t.numel() > 0 else None
-    return (d_x, d_w_ih, d_w_hh, keep(d_bias, needs[3]), d_h0, keep(d_w_out, needs[5]),
-            keep(d_b_out, needs[6]), None, None, None, None, None)
+    return (d_x, d_w_ih, d_w_hh, _keep(d_bias, needs[3]), dh0 if want_h0 else None,
+            _keep(d_w_out, needs[5]), _keep(d_b_out, needs[6]), None, None, None, None, None)
+
+
+def _keep(t: Optional[Tensor], need: bool) -> Optional[Tensor]:
+    return t if need and t is not None and t.numel() > 0 else None
 
 
 torch.library.register_autograd("grokfast::rnn_forward", _backward, setup_context=_setup_context)
@@ -283,18 +328,25 @@ class _EagerRNN(torch.autograd.Function):
     """The same forward and backward without the custom-op dispatch, whose Python overhead is
     comparable to a whole short recurrence; used only for plain tensors outside tracing. Takes
     the tensors in the caller's layout (the last argument says whether they have the model
-    dimension), so no view ops run around the kernels."""
+    dimension), so no view ops run around the kernels. Unrequested outputs are None."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        outputs = _forward_impl(*inputs[:-1], batched=inputs[-1])
-        _setup_context(ctx, inputs[:-1], outputs)
-        ctx.backward_fn = _backward_impl
+    def forward(ctx, x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all,
+                want_last, backend, batched):
+        outputs = _forward_impl(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode,
+                                want_all, want_last, backend, batched, placeholders=False)
+        _save(ctx, x, w_ih, w_hh, bias, h0, w_out, outputs[1], activation, y_mode, want_all,
+              b_out is not None, backend, _eager_backward_impl)
         return outputs
 
     @staticmethod
     def backward(ctx, *grads):
         return (*_backward(ctx, *grads), None)
+
+
+# Function.apply minus its functorch handling (unwrap_dead_wrappers walks every argument):
+# rnn() takes this path only when no functorch transform is active and no input is wrapped.
+_eager_apply = super(torch.autograd.Function, _EagerRNN).apply
 
 
 def _canonical(tensors, batched: bool) -> tuple:
@@ -304,13 +356,21 @@ def _canonical(tensors, batched: bool) -> tuple:
     return tuple(t.unsqueeze(0) if t is not None else None for t in tensors)
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def _plain_eager(tensors) -> bool:
-    """True when no compiler, mode or tensor subclass would need to see the op itself."""
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+    """True when no compiler, mode, functorch transform or tensor subclass would need to see
+    the op itself."""
+    if (torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or _functorch_active()):
         return False
-    return all(t is None or (type(t) in (Tensor, torch.nn.Parameter)
-                             and not torch._C._functorch.is_functorch_wrapped_tensor(t))
-               for t in tensors)
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TYPES or _is_functorch_wrapped(t)):
+            return False
+    return True
 
 
 def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
@@ -332,17 +392,20 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
     Returns RNNOutput(y, h); y is None without w_out.
     """
     w_hh = as_tensor("w_hh", w_hh)
-    if not w_hh.is_floating_point():
-        raise TypeError(f"w_hh: expected a float32 or float64 tensor, got {w_hh.dtype}")
-    if w_hh.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"w_hh: expected dtype float32 or float64, got {w_hh.dtype}")
-    if w_hh.dim() not in (2, 3) or w_hh.shape[-1] != w_hh.shape[-2]:
+    dtype = w_hh.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        if not w_hh.is_floating_point():
+            raise TypeError(f"w_hh: expected a float32 or float64 tensor, got {dtype}")
+        raise TypeError(f"w_hh: expected dtype float32 or float64, got {dtype}")
+    shape = w_hh.shape
+    nd = len(shape)
+    if nd not in (2, 3) or shape[-1] != shape[-2]:
         raise ValueError(f"w_hh: expected a square matrix [H, H] or a stack [M, H, H], "
-                         f"got shape {tuple(w_hh.shape)}")
-    batched = w_hh.dim() == 3
-    M = w_hh.shape[0] if batched else 1
-    H = w_hh.shape[-1]
-    lead = (M,) if batched else ()
+                         f"got shape {tuple(shape)}")
+    batched = nd == 3
+    H = shape[-1]
+    lead = (shape[0],) if batched else ()
+    lead_h = lead + (H,)
     model_note = "with the model dimension of w_hh" if batched else "w_hh has no model dimension"
 
     x = as_tensor("x", x)
@@ -358,46 +421,53 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
         raise ValueError("b_out: given without w_out (the readout weight)")
 
     device = w_hh.device
-    backend = resolve_backend(backend, device)
-    check_same_device({"x": x, "w_ih": w_ih, "bias": bias, "h0": h0, "w_out": w_out,
-                       "b_out": b_out}, device)
-    check_dtype({"w_ih": w_ih, "bias": bias, "h0": h0, "w_out": w_out, "b_out": b_out}, w_hh.dtype)
+    if backend is None:  # resolve_backend's default, without its device.type lookup
+        backend = "cuda" if w_hh.is_cuda else "cpu"
+    else:
+        backend = resolve_backend(backend, device)
+    others = (("w_ih", w_ih), ("bias", bias), ("h0", h0), ("w_out", w_out), ("b_out", b_out))
+    check_same_device((("x", x),) + others, device)
+    check_dtype(others, dtype)
     if backend in _GPU_BACKENDS:
-        if w_hh.dtype != torch.float32:
-            raise TypeError(f"w_hh: backend {backend!r} supports float32 only, got {w_hh.dtype} "
+        if dtype != torch.float32:
+            raise TypeError(f"w_hh: backend {backend!r} supports float32 only, got {dtype} "
                             "(float64 runs on backend='cpu')")
         if H > MAX_HIDDEN_GPU:
             raise ValueError(f"w_hh: hidden size {H} is unsupported on backend {backend!r} "
                              f"(at most {MAX_HIDDEN_GPU}); use backend='cpu'")
 
-    if w_ih.dim() != len(lead) + 2 or tuple(w_ih.shape[:-1]) != lead + (H,):
-        raise ValueError(f"w_ih: expected shape {lead + (H,)} + (I,) ({model_note}), "
-                         f"got {tuple(w_ih.shape)}")
-    I = w_ih.shape[-1]
+    shape = w_ih.shape
+    if len(shape) != nd or shape[:-1] != lead_h:
+        raise ValueError(f"w_ih: expected shape {lead_h} + (I,) ({model_note}), "
+                         f"got {tuple(shape)}")
+    I = shape[-1]
+    shape = x.shape
     tokens = not x.is_floating_point()
     if tokens:
-        if x.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"x: expected integer token ids or float values, got {x.dtype}")
-        x = x.long()
-        if x.dim() != len(lead) + 2 or tuple(x.shape[:len(lead)]) != lead:
+        if x.dtype is not torch.int64:
+            if x.dtype not in (torch.int32, torch.int16, torch.uint8):
+                raise TypeError(f"x: expected integer token ids or float values, got {x.dtype}")
+            x = x.long()
+        if len(shape) != nd or shape[:nd - 2] != lead:
             raise ValueError(f"x: token ids must have shape {lead} + (B, T) ({model_note}), "
-                             f"got {tuple(x.shape)}")
+                             f"got {tuple(shape)}")
     else:
-        if x.dtype != w_hh.dtype:
-            raise TypeError(f"x: expected dtype {w_hh.dtype} (the dtype of w_hh), got {x.dtype}")
-        if x.dim() != len(lead) + 3 or tuple(x.shape[:len(lead)]) != lead or x.shape[-1] != I:
+        if x.dtype != dtype:
+            raise TypeError(f"x: expected dtype {dtype} (the dtype of w_hh), got {x.dtype}")
+        if len(shape) != nd + 1 or shape[:nd - 2] != lead or shape[-1] != I:
             raise ValueError(f"x: expected shape {lead} + (B, T, {I}) (I = columns of w_ih, "
-                             f"{model_note}), got {tuple(x.shape)}")
-    B, T = x.shape[len(lead)], x.shape[len(lead) + 1]
-    if bias is not None:
-        check_shape("bias", bias, lead + (H,), model_note)
+                             f"{model_note}), got {tuple(shape)}")
+    B, T = shape[nd - 2:nd]
+    if bias is not None and bias.shape != lead_h:
+        check_shape("bias", bias, lead_h, model_note)
     if w_out is not None:
-        if w_out.dim() != len(lead) + 2 or tuple(w_out.shape[:len(lead)]) != lead or w_out.shape[-1] != H:
+        shape = w_out.shape
+        if len(shape) != nd or shape[:nd - 2] != lead or shape[-1] != H:
             raise ValueError(f"w_out: expected shape {lead} + (O, {H}) ({model_note}), "
-                             f"got {tuple(w_out.shape)}")
-        if b_out is not None:
-            check_shape("b_out", b_out, tuple(w_out.shape[:-1]), "one bias per readout unit")
-    if h0 is not None:
+                             f"got {tuple(shape)}")
+        if b_out is not None and b_out.shape != shape[:-1]:
+            check_shape("b_out", b_out, tuple(shape[:-1]), "one bias per readout unit")
+    if h0 is not None and h0.shape != lead + (B, H):
         try:
             h0 = torch.broadcast_to(h0, lead + (B, H))
         except RuntimeError:
@@ -414,8 +484,9 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
         return RNNOutput(y, h)
 
     floats = (x, w_ih, w_hh, bias, h0, w_out, b_out)
-    need_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in floats)
+    need_grad = torch.is_grad_enabled() and (
+        w_hh.requires_grad or w_ih.requires_grad or x.requires_grad
+        or any(t is not None and t.requires_grad for t in floats[3:]))
     tensors = (x, w_ih.contiguous(), w_hh.contiguous(),
                bias.contiguous() if bias is not None else None,
                h0.contiguous() if h0 is not None else None,
@@ -428,8 +499,8 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
         if not batched:
             y, h_all, h_last = y.squeeze(0), h_all.squeeze(0), h_last.squeeze(0)
     elif need_grad:
-        y, h_all, h_last = _EagerRNN.apply(*tensors, *flags, batched)
-    else:
-        y, h_all, h_last = _forward_impl(*tensors, *flags, batched=batched)
-    h = {"all": h_all, "last": h_last, "none": None}[hidden]
+        y, h_all, h_last = _eager_apply(*tensors, *flags, batched)
+    else:  # unrequested outputs are None here
+        y, h_all, h_last = _forward_impl(*tensors, *flags, batched, placeholders=False)
+    h = h_last if hidden == "last" else (h_all if hidden == "all" else None)
     return RNNOutput(y if w_out is not None else None, h)

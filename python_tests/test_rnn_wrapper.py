@@ -1,0 +1,101 @@
+"""The Python side of grokfast.ops.rnn and ElmanRNN: the eager fast paths must agree with the
+plain attribute lookups and the custom op, and skipped outputs must stay skipped."""
+
+import pytest
+import torch
+
+import grokfast
+from grokfast.ops import rnn
+from test_rnn import close, make
+
+
+def test_backward_skips_dh0_unless_asked():
+    # want_dh0=False: the dh0 slot comes back empty (a null pointer to the kernel) and every
+    # other output is unchanged.
+    a = make(7, 5, 6, tokens=True, M=2)
+    states = torch.randn(2, 5, 6, 7).tanh()
+    gy = torch.randn(2, 5, 6, 2)
+    args = (states, a["w_hh"], None, None, gy, a["w_out"], a["x"], a["h0"], 3, 0, 2,
+            True, True, True, True, True, False)
+    with_dh0 = torch.ops.grokfast.rnn_backward(*args, True, "cpu")
+    without = torch.ops.grokfast.rnn_backward(*args, False, "cpu")
+    assert with_dh0[2].shape == (2, 5, 7) and without[2].numel() == 0
+    for i in (3, 4, 5, 6, 7):
+        torch.testing.assert_close(without[i], with_dh0[i], rtol=0, atol=0)
+    # dh0 = W_hh^T dz_0, checked through autograd against the reference recurrence.
+    h0 = a["h0"].clone().requires_grad_(True)
+    out = rnn(**dict(a, h0=h0), hidden="last")
+    ours = torch.autograd.grad(out.y.square().sum(), h0)[0]
+    ref_h0 = a["h0"].clone().requires_grad_(True)
+    ys = torch.stack([grokfast.ref.rnn(**{k: (ref_h0 if k == "h0" else v)[m]
+                                          for k, v in a.items()})[1] for m in range(2)])
+    theirs = torch.autograd.grad(ys.square().sum(), ref_h0)[0]
+    torch.testing.assert_close(ours, theirs, atol=5e-4, rtol=5e-4)
+
+
+@pytest.mark.parametrize("hidden", ["all", "last", "none"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_eager_outputs_match_custom_op(hidden, grad):
+    a = make(9, 4, 5, tokens=True)
+    if grad:
+        a["w_hh"].requires_grad_(True)
+    out = rnn(**a, hidden=hidden)
+    y, h_all, h_last = torch.ops.grokfast.rnn_forward(
+        *[t.unsqueeze(0) for t in (a["x"], a["w_ih"], a["w_hh"], a["bias"], a["h0"], a["w_out"],
+                                   a["b_out"])], 0, 2, True, True, "cpu")
+    close(out.y, y[0])
+    if hidden == "none":
+        assert out.h is None
+    else:
+        close(out.h, (h_all if hidden == "all" else h_last)[0])
+    assert out.y.requires_grad == grad
+    no_readout = rnn(a["x"], a["w_ih"], a["w_hh"], hidden=hidden)
+    assert no_readout.y is None
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emulated"])
+def test_token_range_checked_on_every_backend(backend):
+    a = make(5, 2, 3, tokens=True)
+    for bad, shown in ((torch.tensor([[0, 1, 3], [0, 0, 0]]), r"\[0, 3\]"),
+                       (torch.tensor([[0, -1, 2], [0, 0, 0]]), r"\[-1, 2\]")):
+        match = r"x: token ids must lie in \[0, 3\)" + (f".*{shown}" if backend != "cpu" else "")
+        with pytest.raises(ValueError, match=match):
+            rnn(**dict(a, x=bad), backend=backend)
+
+
+def test_elman_reads_parametrized_weights():
+    # parametrize moves the weight out of _parameters: the module must still use it.
+    torch.manual_seed(0)
+    m = grokfast.nn.ElmanRNN(3, 6, 2, tokens=True)
+    class Symmetric(torch.nn.Module):
+        def forward(self, w):
+            return (w + w.t()) / 2
+
+    class Twice(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.nn.utils.parametrize.register_parametrization(m, "weight_hh", Symmetric())
+    torch.nn.utils.parametrize.register_parametrization(m.readout, "weight", Twice())
+    x = torch.randint(0, 3, (4, 5))
+    y, h = m(x)
+    out = rnn(x, m.weight_ih, m.weight_hh, m.bias, None, m.readout.weight, m.readout.bias)
+    close(y, out.y)
+    close(h[0], out.h)
+    y.sum().backward()
+    assert m.parametrizations.weight_hh.original.grad is not None
+    assert m.readout.parametrizations.weight.original.grad is not None
+
+
+def test_elman_functional_call_and_no_bias():
+    torch.manual_seed(0)
+    m = grokfast.nn.ElmanRNN(2, 5, 3, bias=False, readout_bias=False)
+    assert m.bias is None and m.readout.bias is None
+    x = torch.randn(4, 6, 2)
+    new = {k: torch.randn_like(v) for k, v in m.named_parameters()}
+    y, h = torch.func.functional_call(m, new, (x,))
+    out = rnn(x, new["weight_ih"], new["weight_hh"], None, None, new["readout.weight"])
+    close(y, out.y)
+    close(h[0], out.h)
+    y2, _ = m(x)
+    assert not torch.allclose(y, y2)
