@@ -56,12 +56,10 @@ def train_epoch(model: Callable[..., Tensor], optimizer: torch.optim.Optimizer,
         if n == 0:
             continue
         order = torch.randperm(n, generator=generator).to(inputs.device)
-        # One gather per length; the batches are then contiguous slices.
-        shuffled_inputs = inputs[order]
-        shuffled_targets = targets[:, -1][order] if loss_on == "last" else targets[order]
         for start in range(0, n, batch_size):
-            x = shuffled_inputs[start:start + batch_size]
-            t = shuffled_targets[start:start + batch_size]
+            rows = order[start:start + batch_size]
+            x = inputs[rows]
+            t = targets[rows][:, -1] if loss_on == "last" else targets[rows]
             y = model(x, outputs=loss_on)
             batch_loss = sequence_loss(y, t, loss)
             optimizer.zero_grad(set_to_none=True)
