@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from grokfast.experiments.rundir import add_run_dir_arguments, run_command
+from grokfast.experiments.rundir import add_run_dir_arguments, int_list, run_command
 from grokfast.experiments.toy import add_parser as _add_toy
 from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, MAX_EXTRACT_LENGTH,
                                          ParityConfig, default_out, extract_run,
@@ -15,15 +15,6 @@ from grokfast.experiments.parity import (DEFAULT_EVAL_LENGTHS, MAX_EXTRACT_LENGT
                                          run_parity)
 
 _METHODS = ("components", "leader")
-
-
-def _lengths(text: str) -> list[int]:
-    """'25,50' or '25' -> [25, 50]; the option also takes several space-separated values."""
-    try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, "
-                                         f"got {text!r}") from None
 
 
 def _add_parity(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +60,7 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, metavar="N",
                    help=f"evaluate every N epochs and at the last (default {d.eval_every})")
-    g.add_argument("--eval-lengths", type=_lengths, nargs="+", metavar="T",
+    g.add_argument("--eval-lengths", type=int_list, nargs="+", metavar="T",
                    help="evaluation lengths (default "
                         f"{' '.join(map(str, DEFAULT_EVAL_LENGTHS))})")
     g.add_argument("--eval-count", type=int, metavar="N",

@@ -61,8 +61,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from grokfast.experiments.rundir import (check_device, flag, fresh_run_dir, is_int, is_real,
-                                         open_run_dir, read_config)
+from grokfast.experiments.rundir import (check_device, config_from_dict, flag, fresh_run_dir,
+                                         is_int, is_real, open_run_dir, read_config, save_figure)
 from grokfast.automata.dynamics import (FINITE_AUTOMATON, PHASES, PhaseTracker,
                                         first_epoch_in_phase, merger_stats, phase_of)
 from grokfast.automata.extract import (DEFAULT_EPS_REL, METHODS, Extraction, PrefixTree,
@@ -81,7 +81,6 @@ DEFAULT_EVAL_LENGTHS = (25, 50, 100, 250, 1000, 2500, 10000)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What a resumed run may change: none of these alters the trajectory on the CPU.
 RESUMABLE = ("epochs", "device", "checkpoint_every")
-_META_KEYS = ("experiment", "grokfast_version")
 # The keys an extracted epoch adds to its metrics line.
 EXTRACTION_KEYS = ("num_states", "num_states_minimized", "equals_target", "phase",
                    "output_accuracy", "transition_conflicts", "output_conflicts",
@@ -196,11 +195,7 @@ class ParityConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ParityConfig":
         """Inverse of to_dict; ignores the metadata keys of config.json, rejects others."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - set(_META_KEYS))
-        if unknown:
-            raise ValueError(f"config: unknown setting(s) {unknown}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 def default_out(seed: int, root: PathLike = "runs") -> Path:
@@ -528,18 +523,10 @@ def plot_run(out: PathLike) -> list[Path]:
         if records:
             ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        paths.append(_save_figure(fig, fig_dir, name))
+        paths.append(save_figure(fig, fig_dir, name))
     if any(_extracted(r) for r in records):
         paths.append(_plot_states(records, fig_dir, train_label, generalized))
     return paths
-
-
-def _save_figure(fig, fig_dir: Path, name: str) -> Path:
-    path = fig_dir / f"{name}.png"
-    tmp = fig_dir / f".{name}.tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 PHASE_COLORS = {"random": "#bdbdbd", "tree fitting": "#fdae6b", "merging": "#9ecae1",
@@ -610,7 +597,7 @@ def _plot_states(records: list[dict], fig_dir: Path, train_label: str,
     ax_loss.legend(fontsize=8, loc="best")
     ax_loss.set_title("streaming parity: train loss and extracted automaton size")
     fig.tight_layout()
-    return _save_figure(fig, fig_dir, "states")
+    return save_figure(fig, fig_dir, "states")
 
 
 def _colors(n: int) -> list:

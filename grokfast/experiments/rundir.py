@@ -1,5 +1,6 @@
 """What every experiment's run directory and command share: fresh directory names, the
-resume/new-run checks, reading config.json back, and the CLI handler around a run function."""
+resume/new-run checks, config.json in and out, figure files, integer-list options, and the CLI
+handler around a run function."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import argparse
 import datetime
 import json
 import math
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 PathLike = Union[str, Path]
+
+# Keys config.json holds besides the config's fields.
+META_KEYS = ("experiment", "grokfast_version")
 
 
 def flag(name: str) -> str:
@@ -71,6 +76,35 @@ def fresh_run_dir(prefix: str, seed: int, root: PathLike = "runs") -> Path:
     while out.exists():
         out, i = Path(f"{base}-{i}"), i + 1
     return out
+
+
+def config_from_dict(config_cls, d: dict[str, Any]):
+    """A config dataclass from its to_dict(); ignores the metadata keys of config.json, rejects
+    others."""
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(d) - known - set(META_KEYS))
+    if unknown:
+        raise ValueError(f"config: unknown setting(s) {unknown}")
+    return config_cls(**{k: v for k, v in d.items() if k in known})
+
+
+def int_list(text: str) -> list[int]:
+    """Option type: '25,50' or '25' -> [25, 50]; with nargs="+" the option also takes several
+    space-separated values."""
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, "
+                                         f"got {text!r}") from None
+
+
+def save_figure(fig, fig_dir: Path, name: str) -> Path:
+    """fig as fig_dir/name.png, written to a temporary name first so no reader sees half a file."""
+    path = fig_dir / f"{name}.png"
+    tmp = fig_dir / f".{name}.tmp.png"
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def holds_run(out: Path) -> bool:

@@ -87,9 +87,9 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from grokfast.experiments.rundir import (add_run_dir_arguments, check_device, flag, is_int,
-                                         is_real, fresh_run_dir, open_run_dir, read_config,
-                                         run_command)
+from grokfast.experiments.rundir import (add_run_dir_arguments, check_device, config_from_dict,
+                                         flag, fresh_run_dir, int_list, is_int, is_real,
+                                         open_run_dir, read_config, run_command, save_figure)
 from grokfast.models.toy import ACTIVATIONS, ToyModel
 from grokfast.representation.measures import METRICS, classify_history, predicted_accuracy, rqi
 from grokfast.tasks.algebra import (MAX_PERMUTATION_DEGREE, Addition, AlgebraTask, ModularOp,
@@ -109,7 +109,6 @@ ACC_THRESHOLD = 0.9    # steps_to_*_acc: first logged step with accuracy > 90% (
 MAX_P = 5000
 # What a resumed run may change: none of these alters the trajectory on the CPU.
 RESUMABLE = ("steps", "device", "checkpoint_every")
-_META_KEYS = ("experiment", "grokfast_version")
 METRIC_KEYS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "rqi",
                "predicted_accuracy", "wall_seconds")
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -278,11 +277,7 @@ class ToyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ToyConfig":
         """Inverse of to_dict; ignores the metadata keys of config.json, rejects others."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - set(_META_KEYS))
-        if unknown:
-            raise ValueError(f"config: unknown setting(s) {unknown}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,14 +662,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 # Figures
 
 
-def _save_figure(fig, fig_dir: Path, name: str) -> Path:
-    path = fig_dir / f"{name}.png"
-    tmp = fig_dir / f".{name}.tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     xs = [r["step"] for r in records]
     ys = [r[key] if r.get(key) is not None else math.nan for r in records]
@@ -748,7 +735,7 @@ def plot_run(out: PathLike) -> list[Path]:
     ax.set_title(f"{title}: accuracy")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    paths.append(_save_figure(fig, fig_dir, "accuracy"))
+    paths.append(save_figure(fig, fig_dir, "accuracy"))
 
     # RQI
     fig = new()
@@ -763,7 +750,7 @@ def plot_run(out: PathLike) -> list[Path]:
     ax.set_title(f"{title}: representation quality")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    paths.append(_save_figure(fig, fig_dir, "rqi"))
+    paths.append(save_figure(fig, fig_dir, "rqi"))
 
     # loss
     fig = new()
@@ -778,7 +765,7 @@ def plot_run(out: PathLike) -> list[Path]:
     ax.set_title(f"{title}: loss")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    paths.append(_save_figure(fig, fig_dir, "loss"))
+    paths.append(save_figure(fig, fig_dir, "loss"))
 
     # embeddings
     snaps = [(r["step"], torch.tensor(r["embeddings"], dtype=torch.float64))
@@ -830,21 +817,12 @@ def plot_run(out: PathLike) -> list[Path]:
         fig.suptitle(f"{title}: embeddings" + (" (PCA of the flattened embeddings)"
                                                if not one_d and pca else ""), fontsize=10)
         fig.tight_layout()
-        paths.append(_save_figure(fig, fig_dir, "embeddings"))
+        paths.append(save_figure(fig, fig_dir, "embeddings"))
     return paths
 
 
 # --------------------------------------------------------------------------------------------
 # Command line: ``grokfast toy``
-
-
-def _ints(text: str) -> list[int]:
-    """'0,100' or '0' -> [0, 100]; the option also takes several space-separated values."""
-    try:
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, "
-                                         f"got {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -880,7 +858,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--combine", choices=COMBINES,
                    help="E_a + E_b, or the matrix product E_a E_b (default sum; product for "
                         "--op perm)")
-    g.add_argument("--hidden", type=_ints, nargs="+", metavar="W",
+    g.add_argument("--hidden", type=int_list, nargs="+", metavar="W",
                    help="decoder hidden layer widths (default "
                         f"{' '.join(map(str, d.hidden))})")
     g.add_argument("--out-dim", type=int, metavar="K",
@@ -926,7 +904,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "(default mean_sq for sum, norm for product)")
     g.add_argument("--rqi-delta", type=float, metavar="X",
                    help="parallelogram threshold delta (default 0.01 for mean_sq, 0.1 for norm)")
-    g.add_argument("--embed-steps", type=_ints, nargs="+", metavar="STEP",
+    g.add_argument("--embed-steps", type=int_list, nargs="+", metavar="STEP",
                    help="steps whose embeddings are stored and drawn, besides the last (default "
                         f"{' '.join(map(str, DEFAULT_EMBED_STEPS))} up to --steps)")
     add_run_dir_arguments(p, length_flag="--steps", checkpoint_every=d.checkpoint_every)
