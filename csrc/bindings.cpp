@@ -87,7 +87,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("x_stride_b", &rnn::ForwardParams::x_stride_b)
       .def_readwrite("x_stride_t", &rnn::ForwardParams::x_stride_t)
       .def_readwrite("x_stride_i", &rnn::ForwardParams::x_stride_i)
-      .def_readwrite("w_ih_t", &rnn::ForwardParams::w_ih_t)
+      .def_readwrite("w_ih", &rnn::ForwardParams::w_ih)
+      .def_readwrite("w_ih_stride_h", &rnn::ForwardParams::w_ih_stride_h)
+      .def_readwrite("w_ih_stride_i", &rnn::ForwardParams::w_ih_stride_i)
       .def_readwrite("w_hh", &rnn::ForwardParams::w_hh)
       .def_readwrite("bias", &rnn::ForwardParams::bias)
       .def_readwrite("h0", &rnn::ForwardParams::h0)
@@ -119,47 +121,51 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("correct_steps", &rnn::TrackParams::correct_steps)
       .def_readwrite("max_distance", &rnn::TrackParams::max_distance);
 
-  py::class_<rnn::BackwardParams>(m, "RnnBackwardParams")
-      .def(py::init<>())
-      .def_readwrite("M", &rnn::BackwardParams::M)
-      .def_readwrite("B", &rnn::BackwardParams::B)
-      .def_readwrite("T", &rnn::BackwardParams::T)
-      .def_readwrite("H", &rnn::BackwardParams::H)
-      .def_readwrite("I", &rnn::BackwardParams::I)
-      .def_readwrite("O", &rnn::BackwardParams::O)
-      .def_readwrite("activation", &rnn::BackwardParams::activation)
-      .def_readwrite("dtype", &rnn::BackwardParams::dtype)
-      .def_readwrite("states", &rnn::BackwardParams::states)
-      .def_readwrite("w_hh", &rnn::BackwardParams::w_hh)
-      .def_readwrite("g_all", &rnn::BackwardParams::g_all)
-      .def_readwrite("g_last", &rnn::BackwardParams::g_last)
-      .def_readwrite("gy_mode", &rnn::BackwardParams::gy_mode)
-      .def_readwrite("gy", &rnn::BackwardParams::gy)
-      .def_readwrite("w_out", &rnn::BackwardParams::w_out)
-      .def_readwrite("ids", &rnn::BackwardParams::ids)
-      .def_readwrite("ids_stride_m", &rnn::BackwardParams::ids_stride_m)
-      .def_readwrite("ids_stride_b", &rnn::BackwardParams::ids_stride_b)
-      .def_readwrite("ids_stride_t", &rnn::BackwardParams::ids_stride_t)
-      .def_readwrite("d_bias", &rnn::BackwardParams::d_bias)
-      .def_readwrite("d_w_ih_t", &rnn::BackwardParams::d_w_ih_t)
-      .def_readwrite("d_w_out", &rnn::BackwardParams::d_w_out)
-      .def_readwrite("d_b_out", &rnn::BackwardParams::d_b_out)
-      .def_readwrite("dz_next", &rnn::BackwardParams::dz_next)
-      .def_readwrite("dz0", &rnn::BackwardParams::dz0)
-      .def_readwrite("dh0", &rnn::BackwardParams::dh0)
-      .def_readwrite("d_w_hh", &rnn::BackwardParams::d_w_hh)
-      .def_readwrite("h0", &rnn::BackwardParams::h0)
-      .def_readwrite("stream", &rnn::BackwardParams::stream)
-      .def_readwrite("num_threads", &rnn::BackwardParams::num_threads);
-
-  m.def("rnn_forward", [](const rnn::ForwardParams& p, const std::string& backend) {
-    dispatch<rnn::ForwardParams>(p, backend, &rnn::forward_cpu, &rnn::forward_emulated,
-                                 GF_CUDA_OR_NULL(&rnn::forward_cuda));
-  });
-  m.def("rnn_backward", [](const rnn::BackwardParams& p, const std::string& backend) {
-    dispatch<rnn::BackwardParams>(p, backend, &rnn::backward_cpu, &rnn::backward_emulated,
-                                  GF_CUDA_OR_NULL(&rnn::backward_cuda));
-  });
+  // The training path's calls: every field positionally in one call (pointers as integers, 0
+  // for absent), which costs a few percent of filling a Params object field by field.
+  m.def("rnn_forward_call",
+        [](const std::string& backend, int64_t M, int64_t B, int64_t T, int64_t I, int64_t H,
+           int64_t O, bool tokens, int activation, bool float64, ptr_t x, int64_t x_stride_m,
+           int64_t x_stride_b, int64_t x_stride_t, int64_t x_stride_i, ptr_t w_ih,
+           int64_t w_ih_stride_h, int64_t w_ih_stride_i, ptr_t w_hh, ptr_t bias, ptr_t h0,
+           ptr_t w_out, ptr_t b_out, int y_mode, ptr_t y, ptr_t h_all, ptr_t h_last,
+           ptr_t stream) {
+          rnn::ForwardParams p;
+          p.M = M, p.B = B, p.T = T, p.I = I, p.H = H, p.O = O;
+          p.tokens = tokens;
+          p.activation = rnn::Activation(activation);
+          p.dtype = float64 ? DType::Float64 : DType::Float32;
+          p.x = x, p.x_stride_m = x_stride_m, p.x_stride_b = x_stride_b;
+          p.x_stride_t = x_stride_t, p.x_stride_i = x_stride_i;
+          p.w_ih = w_ih, p.w_ih_stride_h = w_ih_stride_h, p.w_ih_stride_i = w_ih_stride_i;
+          p.w_hh = w_hh, p.bias = bias, p.h0 = h0, p.w_out = w_out, p.b_out = b_out;
+          p.y_mode = rnn::OutputMode(y_mode);
+          p.y = y, p.h_all = h_all, p.h_last = h_last, p.stream = stream;
+          dispatch<rnn::ForwardParams>(p, backend, &rnn::forward_cpu, &rnn::forward_emulated,
+                                       GF_CUDA_OR_NULL(&rnn::forward_cuda));
+        });
+  m.def("rnn_backward_call",
+        [](const std::string& backend, int64_t M, int64_t B, int64_t T, int64_t H, int64_t I,
+           int64_t O, int activation, bool float64, ptr_t states, ptr_t w_hh, ptr_t g_all,
+           ptr_t g_last, int gy_mode, ptr_t gy, ptr_t w_out, ptr_t ids, int64_t ids_stride_m,
+           int64_t ids_stride_b, int64_t ids_stride_t, ptr_t d_bias, ptr_t d_w_ih,
+           int64_t d_w_ih_stride_h, int64_t d_w_ih_stride_i, ptr_t d_w_out, ptr_t d_b_out,
+           ptr_t dz_next, ptr_t dz0, ptr_t dh0, ptr_t d_w_hh, ptr_t h0, ptr_t stream) {
+          rnn::BackwardParams p;
+          p.M = M, p.B = B, p.T = T, p.H = H, p.I = I, p.O = O;
+          p.activation = rnn::Activation(activation);
+          p.dtype = float64 ? DType::Float64 : DType::Float32;
+          p.states = states, p.w_hh = w_hh, p.g_all = g_all, p.g_last = g_last;
+          p.gy_mode = rnn::OutputMode(gy_mode), p.gy = gy, p.w_out = w_out;
+          p.ids = ids, p.ids_stride_m = ids_stride_m, p.ids_stride_b = ids_stride_b;
+          p.ids_stride_t = ids_stride_t;
+          p.d_bias = d_bias, p.d_w_ih = d_w_ih, p.d_w_ih_stride_h = d_w_ih_stride_h;
+          p.d_w_ih_stride_i = d_w_ih_stride_i, p.d_w_out = d_w_out, p.d_b_out = d_b_out;
+          p.dz_next = dz_next, p.dz0 = dz0, p.dh0 = dh0, p.d_w_hh = d_w_hh, p.h0 = h0;
+          p.stream = stream;
+          dispatch<rnn::BackwardParams>(p, backend, &rnn::backward_cpu, &rnn::backward_emulated,
+                                        GF_CUDA_OR_NULL(&rnn::backward_cuda));
+        });
   // The forward with an automaton tracked alongside (TrackParams): only per-sequence results.
   m.def("rnn_track", [](rnn::ForwardParams p, const rnn::TrackParams& track,
                         const std::string& backend) {

@@ -40,7 +40,10 @@ struct ForwardParams {
   // x: [M, B, T] ids or [M, B, T, I] values, strided.
   ptr_t x = 0;
   int64_t x_stride_m = 0, x_stride_b = 0, x_stride_t = 0, x_stride_i = 0;
-  ptr_t w_ih_t = 0;  // [M, I, H]: W_ih transposed, so a token's row is contiguous
+  // W_ih [M, H, I]: element (m, j, i) at w_ih[m * H * I + j * w_ih_stride_h + i * w_ih_stride_i]
+  // (torch's layout: strides (I, 1); the GPU kernels read coalesced from a transposed copy).
+  ptr_t w_ih = 0;
+  int64_t w_ih_stride_h = 0, w_ih_stride_i = 0;
   ptr_t w_hh = 0;    // [M, H, H]
   ptr_t bias = 0;    // [M, H] or 0
   ptr_t h0 = 0;      // [M, B, H] or 0 (zeros)
@@ -64,7 +67,8 @@ struct ForwardParams {
 // step (slot t holds dz_{t+1}, slot T-1 is zero) so that dW_hh = sum_t dz_{t+1} h_t^T + dz_0 h0^T
 // is one product of two contiguous [B*T, H] matrices.
 // The same pass also accumulates the gradients that are sums over (b, t): bias, token embedding
-// rows, readout weight and bias; outputs given as 0 are skipped, the others must be zeroed.
+// rows, readout weight and bias; outputs given as 0 are skipped. The CPU backend overwrites
+// these sums; the GPU backends add into them (atomics), so they must be zeroed there.
 struct BackwardParams {
   int64_t M = 1, B = 0, T = 0, H = 0, I = 0, O = 0;
   Activation activation = Activation::Tanh;
@@ -81,7 +85,9 @@ struct BackwardParams {
   ptr_t ids = 0;
   int64_t ids_stride_m = 0, ids_stride_b = 0, ids_stride_t = 0;
   ptr_t d_bias = 0;    // [M, H] += sum dz_t
-  ptr_t d_w_ih_t = 0;  // [M, I, H] += dz_t at row ids_t
+  // dW_ih [M, H, I] (strided within a model like w_ih): column ids_t += dz_t
+  ptr_t d_w_ih = 0;
+  int64_t d_w_ih_stride_h = 0, d_w_ih_stride_i = 0;
   ptr_t d_w_out = 0;   // [M, O, H] += gy_t h_t^T
   ptr_t d_b_out = 0;   // [M, O] += gy_t
   ptr_t dz_next = 0;  // [M, B, T, H] out: dz_{t+1} at slot t, zeros at T-1

@@ -362,7 +362,10 @@ void forward_impl(const ForwardParams& p) {
   }
   const int64_t hp = round_up(H, N);
   const int64_t K = H + (p.tokens ? 0 : I);  // dense input rides along as extra source columns
-  const T* w_ih_t = reinterpret_cast<const T*>(p.w_ih_t);
+  const T* w_ih = reinterpret_cast<const T*>(p.w_ih);
+  const auto w_in = [&](int64_t m, int64_t j, int64_t i) {  // W_ih[m][j][i]
+    return w_ih[m * H * I + j * p.w_ih_stride_h + i * p.w_ih_stride_i];
+  };
   const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
   const T* bias = reinterpret_cast<const T*>(p.bias);
   const T* h0 = reinterpret_cast<const T*>(p.h0);
@@ -385,12 +388,12 @@ void forward_impl(const ForwardParams& p) {
     for (int64_t j = 0; j < H; ++j)
       for (int64_t k = 0; k < H; ++k) w[k * hp + j] = w_hh[(m * H + j) * H + k];
     for (int64_t i = 0; i < K - H; ++i)
-      for (int64_t j = 0; j < H; ++j) w[(H + i) * hp + j] = w_ih_t[(m * I + i) * H + j];
+      for (int64_t j = 0; j < H; ++j) w[(H + i) * hp + j] = w_in(m, j, i);
     start[m] = std::make_unique<Buffer<T>>((in_rows + 1) * hp);  // row 0: bias alone
     Buffer<T>& st = *start[m];
     for (int64_t i = 0; i <= in_rows; ++i)
       for (int64_t j = 0; j < H; ++j)
-        st[i * hp + j] = (bias ? bias[m * H + j] : T(0)) + (i > 0 ? w_ih_t[(m * I + i - 1) * H + j] : T(0));
+        st[i * hp + j] = (bias ? bias[m * H + j] : T(0)) + (i > 0 ? w_in(m, j, i - 1) : T(0));
     wout_p[m] = std::make_unique<Buffer<T>>(O * hp);
     for (int64_t o = 0; o < O; ++o)
       for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
@@ -532,6 +535,15 @@ struct OuterSum {
 template <class T>
 void backward_impl(const BackwardParams& p) {
   const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H, I = p.I, O = p.O;
+  // The sums are overwritten, so callers allocate them without a fill.
+  const auto zero = [](ptr_t out, int64_t n) {
+    if (out) std::memset(reinterpret_cast<void*>(out), 0, size_t(n) * sizeof(T));
+  };
+  zero(p.d_bias, M * H);
+  zero(p.ids ? p.d_w_ih : 0, M * H * I);  // each model's H * I block, in either layout
+  zero(p.d_w_out, M * O * H);
+  zero(p.d_b_out, M * O);
+  zero(p.d_w_hh, M * H * H);
   if (M == 0 || B == 0 || T_ == 0) return;  // callers handle T == 0 without a kernel
   constexpr int N = Simd<T>::N;
   const int64_t hp = round_up(H, N);
@@ -546,7 +558,7 @@ void backward_impl(const BackwardParams& p) {
   T* dz0 = reinterpret_cast<T*>(p.dz0);
   T* dh0 = reinterpret_cast<T*>(p.dh0);
   T* d_bias = reinterpret_cast<T*>(p.d_bias);
-  T* d_w_ih_t = ids ? reinterpret_cast<T*>(p.d_w_ih_t) : nullptr;
+  T* d_w_ih = ids ? reinterpret_cast<T*>(p.d_w_ih) : nullptr;
   T* d_w_out = reinterpret_cast<T*>(p.d_w_out);
   T* d_b_out = reinterpret_cast<T*>(p.d_b_out);
   T* d_w_hh = reinterpret_cast<T*>(p.d_w_hh);
@@ -632,7 +644,13 @@ void backward_impl(const BackwardParams& p) {
       add_rows(d_w_hh + m * H * H, s.outer.sum, H);
     }
     if (d_bias) add_rows(d_bias + m * H, s.bias_sum, 1);
-    if (d_w_ih_t) add_rows(d_w_ih_t + m * I * H, s.emb_sum, I);
+    if (d_w_ih) {  // token i's row of the padded sums is column i of dW_ih
+      T* dst = d_w_ih + m * H * I;
+      for (int64_t i = 0; i < I; ++i)
+        for (int64_t j = 0; j < H; ++j)
+          dst[j * p.d_w_ih_stride_h + i * p.d_w_ih_stride_i] += s.emb_sum[i * hp + j];
+      s.emb_sum.zero();
+    }
     if (d_w_out) add_rows(d_w_out + m * O * H, s.wout_sum, O);
     if (d_b_out) {
       for (int64_t o = 0; o < O; ++o) d_b_out[m * O + o] += s.bout_sum[o];
@@ -714,7 +732,7 @@ void backward_impl(const BackwardParams& p) {
       // gy_t h_t^T for the readout.
       for (int64_t r = 0; r < rows; ++r) d_rows[r] = nxt + r * ks;
       if (d_bias) add_row_sum<T>(sc.bias_sum.data, hp, d_rows.data(), nullptr, rows);
-      if (d_w_ih_t) {
+      if (d_w_ih) {
         for (int64_t r = 0; r < rows; ++r) sc.row_id[r] = ids[m * p.ids_stride_m + (b0 + r) * p.ids_stride_b + t * p.ids_stride_t];
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t id = sc.row_id[r];

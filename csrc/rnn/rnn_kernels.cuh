@@ -47,13 +47,15 @@ struct KernelArgs {
   const int64_t* ids;
   const float* xs;
   int64_t xsm, xsb, xst, xsi;
-  const float *w_ih_t, *bias, *h0, *w_out, *b_out;
+  const float *w_ih, *bias, *h0, *w_out, *b_out;
+  int64_t wih_sh, wih_si;  // W_ih [M, H, I] strides within a model
   OutputMode y_mode;
   float *y, *h_all, *h_last;
   // backward
   const float *states, *g_all, *g_last, *gy;
   OutputMode gy_mode;
-  float *dz_next, *dz0, *dh0, *d_bias, *d_w_ih_t, *d_w_out, *d_b_out;
+  float *dz_next, *dz0, *dh0, *d_bias, *d_w_ih, *d_w_out, *d_b_out;
+  int64_t dwih_sh, dwih_si;
 };
 
 __device__ __forceinline__ bool readout_step(const KernelArgs& a, OutputMode mode, int t) {
@@ -83,12 +85,12 @@ __device__ __forceinline__ float step_input(const KernelArgs& a, int m, int b, i
     return g;
   }
   float u = a.bias ? a.bias[int64_t(m) * a.H + j] : 0.f;
-  const float* wt = a.w_ih_t + int64_t(m) * a.I * a.H;
+  const float* wt = a.w_ih + int64_t(m) * a.I * a.H + j * a.wih_sh;
   if (a.tokens) {
-    return u + wt[token(a, m, b, t) * a.H + j];
+    return u + wt[token(a, m, b, t) * a.wih_si];
   }
   const float* x = a.xs + m * a.xsm + b * a.xsb + t * a.xst;
-  for (int i = 0; i < a.I; ++i) u += x[i * a.xsi] * wt[int64_t(i) * a.H + j];
+  for (int i = 0; i < a.I; ++i) u += x[i * a.xsi] * wt[i * a.wih_si];
   return u;
 }
 
@@ -186,9 +188,9 @@ __global__ void __launch_bounds__(kMaxHidden, 1) recurrence_kernel(KernelArgs a)
           else
             a.dz0[row * H + j] = d;
           bias_sum += d;
-          if (a.d_w_ih_t) {
+          if (a.d_w_ih) {
             const int64_t id = a.ids[m * a.xsm + (b0 + r) * a.xsb + t * a.xst];
-            atomicAdd(a.d_w_ih_t + (int64_t(m) * a.I + id) * H + j, d);
+            atomicAdd(a.d_w_ih + int64_t(m) * a.I * H + j * a.dwih_sh + id * a.dwih_si, d);
           }
           if (a.gy && readout_step(a, a.gy_mode, t)) {
             const float* gy = readout_grad_row(a, row, t);
@@ -406,7 +408,8 @@ inline void forward(const ForwardParams& p) {
   a.ids = reinterpret_cast<const int64_t*>(p.x);
   a.xs = reinterpret_cast<const float*>(p.x);
   a.xsm = p.x_stride_m; a.xsb = p.x_stride_b; a.xst = p.x_stride_t; a.xsi = p.x_stride_i;
-  a.w_ih_t = reinterpret_cast<const float*>(p.w_ih_t);
+  a.w_ih = reinterpret_cast<const float*>(p.w_ih);
+  a.wih_sh = p.w_ih_stride_h; a.wih_si = p.w_ih_stride_i;
   a.bias = reinterpret_cast<const float*>(p.bias);
   a.h0 = reinterpret_cast<const float*>(p.h0);
   a.w_out = reinterpret_cast<const float*>(p.w_out);
@@ -439,7 +442,8 @@ inline void backward(const BackwardParams& p) {
   a.ids = reinterpret_cast<const int64_t*>(p.ids);
   a.xsm = p.ids_stride_m; a.xsb = p.ids_stride_b; a.xst = p.ids_stride_t;
   a.d_bias = reinterpret_cast<float*>(p.d_bias);
-  a.d_w_ih_t = p.ids ? reinterpret_cast<float*>(p.d_w_ih_t) : nullptr;
+  a.d_w_ih = p.ids ? reinterpret_cast<float*>(p.d_w_ih) : nullptr;
+  a.dwih_sh = p.d_w_ih_stride_h; a.dwih_si = p.d_w_ih_stride_i;
   a.d_w_out = reinterpret_cast<float*>(p.d_w_out);
   a.d_b_out = reinterpret_cast<float*>(p.d_b_out);
   a.dh0 = reinterpret_cast<float*>(p.dh0);

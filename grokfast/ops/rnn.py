@@ -68,7 +68,6 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
     c = ext()
     y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last, batched,
                                       placeholders)
-    xs = x.stride()
     n = 1 if batched else 0
     H, I = w_ih.shape[-2:]
     tokens = not x.is_floating_point()
@@ -80,39 +79,19 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
         if lo < 0 or hi >= I:
             raise ValueError(f"x: token ids must lie in [0, {I}) (the columns of w_ih), "
                              f"got values in [{lo}, {hi}]")
-    w_ih_t = w_ih.transpose(-1, -2).contiguous()
-    p = c.RnnForwardParams()  # pointers left unset stay null (absent)
-    p.M = w_hh.shape[0] if batched else 1
-    p.B, p.T = x.shape[n:n + 2]
-    p.I, p.H = I, H
-    p.tokens = tokens
-    p.activation = c.Activation(activation)
-    p.dtype = c.DType.Float64 if w_hh.dtype == torch.float64 else c.DType.Float32
-    p.x = _ptr(x)
-    if batched:
-        p.x_stride_m = xs[0]
-    p.x_stride_b, p.x_stride_t = xs[n:n + 2]
-    if not tokens:
-        p.x_stride_i = xs[n + 2]
-    p.w_ih_t = _ptr(w_ih_t)
-    p.w_hh = _ptr(w_hh)
-    if bias is not None:
-        p.bias = _ptr(bias)
-    if h0 is not None:
-        p.h0 = _ptr(h0)
-    if w_out is not None:
-        p.O = w_out.shape[-2]
-        p.w_out = _ptr(w_out)
-        p.b_out = _ptr(b_out)
-        p.y_mode = c.OutputMode(y_mode)
-        p.y = _ptr(y)
-    if h_all is not None:
-        p.h_all = _ptr(h_all)
-    if h_last is not None:
-        p.h_last = _ptr(h_last)
-    if w_hh.is_cuda:
-        p.stream = _stream(w_hh)
-    c.rnn_forward(p, backend)
+    if backend == "cpu":  # read in place: [H, I] strides (I, 1)
+        w_ih_strides = (I, 1)
+    else:  # a transposed copy, so a token's column is read coalesced
+        w_ih = w_ih.transpose(-1, -2).contiguous()
+        w_ih_strides = (1, H)
+    xs = x.stride()
+    c.rnn_forward_call(
+        backend, w_hh.shape[0] if batched else 1, *x.shape[n:n + 2], I, H,
+        w_out.shape[-2] if w_out is not None else 0, tokens, activation,
+        w_hh.dtype == torch.float64, x.data_ptr(), xs[0] if batched else 0, *xs[n:n + 2],
+        0 if tokens else xs[n + 2], w_ih.data_ptr(), *w_ih_strides, w_hh.data_ptr(),
+        _ptr(bias), _ptr(h0), _ptr(w_out), _ptr(b_out), y_mode if w_out is not None else 0,
+        _ptr(y), _ptr(h_all), _ptr(h_last), _stream(w_hh) if w_hh.is_cuda else 0)
     return y, h_all, h_last
 
 
@@ -133,13 +112,17 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
                     want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
-                    want_dz: bool, want_dh0: bool, placeholders: bool = True) -> tuple:
-    """The outputs of _backward_impl; unrequested ones are empty (None with placeholders=False)."""
+                    want_dz: bool, want_dh0: bool, placeholders: bool = True,
+                    zeroed: bool = True) -> tuple:
+    """The outputs of _backward_impl; unrequested ones are empty (None with placeholders=False).
+    The sums are zeroed only with zeroed=True (the GPU kernels add into them; the CPU kernel
+    overwrites them). d_w_ih is [.., H, vocab]."""
     shape = states.shape
     lead = shape[:-3]  # (M,) or () like the forward's inputs
     B, H = shape[-3], shape[-1]
     O = w_out.shape[-2] if w_out is not None else 0
-    zeros, empty = states.new_zeros, states.new_empty
+    empty = states.new_empty
+    sums = states.new_zeros if zeroed else empty
 
     def skipped():  # the custom op's outputs may not alias one another
         return empty(0) if placeholders else None
@@ -147,14 +130,11 @@ def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bi
     return (torch.empty_like(states) if want_dz else skipped(),
             empty(lead + (B, H)) if want_dz else skipped(),
             empty(lead + (B, H)) if want_dh0 else skipped(),
-            zeros(lead + (H,)) if want_bias else skipped(),
-            zeros(lead + (vocab, H)) if want_w_ih else skipped(),
-            zeros(lead + (O, H)) if want_w_out else skipped(),
-            zeros(lead + (O,)) if want_b_out else skipped(),
-            zeros(lead + (H, H)) if want_w_hh else skipped())
-
-
-_BACKWARD_OUTPUTS = ("dz_next", "dz0", "dh0", "d_bias", "d_w_ih_t", "d_w_out", "d_b_out", "d_w_hh")
+            sums(lead + (H,)) if want_bias else skipped(),
+            sums(lead + (H, vocab)) if want_w_ih else skipped(),
+            sums(lead + (O, H)) if want_w_out else skipped(),
+            sums(lead + (O,)) if want_b_out else skipped(),
+            sums(lead + (H, H)) if want_w_hh else skipped())
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
@@ -167,53 +147,38 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
     act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
 
-    Returns (dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
+    Returns (dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
     holds dz_{t+1} (zeros at T-1) and dz0 = dz_0 (with want_dz; the GPU kernels always write
     them), dh0 = W_hh^T dz_0 (with want_dh0; without it the kernel skips that product),
-    d_w_ih_t [M, vocab, H] is the token embedding gradient (needs ids); d_w_hh (the CPU
+    d_w_ih [M, H, vocab] is the token embedding gradient (needs ids); d_w_hh (the CPU
     backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T;
     unrequested outputs are empty (None with placeholders=False)."""
     c = ext()
     cpu = backend == "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders)
+                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders,
+                           zeroed=not cpu)
+    dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh = outs
+    # Held in locals: a copy made inside the call's argument list would be freed before it.
+    g_all = g_all.contiguous() if g_all is not None else None
+    g_last = g_last.contiguous() if g_last is not None else None
+    gy = gy.contiguous() if gy is not None else None
+    h0 = h0.contiguous() if h0 is not None and want_w_hh and cpu else None
     batched = states.dim() == 4
-    p = c.RnnBackwardParams()  # pointers left unset stay null (absent)
-    p.M, p.B, p.T, p.H = states.shape if batched else (1, *states.shape)
-    p.I = vocab
-    p.activation = c.Activation(activation)
-    p.dtype = c.DType.Float64 if states.dtype == torch.float64 else c.DType.Float32
-    p.states = states.data_ptr()
-    p.w_hh = w_hh.data_ptr()
-    if g_all is not None:
-        g_all = g_all.contiguous()
-        p.g_all = g_all.data_ptr()
-    if g_last is not None:
-        g_last = g_last.contiguous()
-        p.g_last = g_last.data_ptr()
-    if w_out is not None:
-        p.O = w_out.shape[-2]
-    if gy is not None:
-        gy = gy.contiguous()
-        p.gy = gy.data_ptr()
-        p.gy_mode = c.OutputMode(gy_mode)
-        p.w_out = _ptr(w_out)
+    M, B, T, H = states.shape if batched else (1, *states.shape)
     if ids is not None:
-        p.ids = ids.data_ptr()
-        st = ids.stride()
-        if batched:
-            p.ids_stride_m, p.ids_stride_b, p.ids_stride_t = st
-        else:
-            p.ids_stride_b, p.ids_stride_t = st
-    for name, t in zip(_BACKWARD_OUTPUTS, outs):
-        if t is not None:
-            setattr(p, name, _ptr(t))
-    if h0 is not None and want_w_hh and cpu:
-        h0 = h0.contiguous()
-        p.h0 = h0.data_ptr()
-    if states.is_cuda:
-        p.stream = _stream(states)
-    c.rnn_backward(p, backend)
+        ids_strides = ids.stride() if batched else (0, *ids.stride())
+    else:
+        ids_strides = (0, 0, 0)
+    c.rnn_backward_call(
+        backend, M, B, T, H, vocab, w_out.shape[-2] if w_out is not None else 0, activation,
+        states.dtype == torch.float64, states.data_ptr(), w_hh.data_ptr(),
+        _ptr(g_all), _ptr(g_last), gy_mode if gy is not None else 0, _ptr(gy),
+        _ptr(w_out) if gy is not None else 0,
+        _ptr(ids), *ids_strides, _ptr(d_bias), _ptr(d_w_ih), vocab, 1, _ptr(d_w_out),
+        _ptr(d_b_out), _ptr(dz_next), _ptr(dz0), _ptr(dh0), _ptr(d_w_hh),
+        _ptr(h0),
+        _stream(states) if states.is_cuda else 0)
     return outs
 
 
@@ -276,13 +241,13 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     tokens = not x.is_floating_point()
     want_h0 = needs[4] and h0 is not None
     # Unrequested outputs come back empty (the custom op) or None (the eager path).
-    dz_next, dz0, dh0, d_bias, d_w_ih_t, d_w_out, d_b_out, d_w_hh = ctx.backward_fn(
+    dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh = ctx.backward_fn(
         states, w_hh, g_all, g_last, gy, w_out if gy is not None else None,
         x if tokens else None, h0, ctx.vocab, ctx.activation, ctx.y_mode,
         needs[3] and ctx.has_bias, needs[1] and tokens, needs[5] and gy is not None,
         needs[6] and gy is not None and ctx.has_b_out, needs[2],
         not tokens and (needs[0] or needs[1]), want_h0, ctx.backend)
-    d_x = d_w_ih = None
+    d_x = None
     batched = states.dim() == 4
     if not needs[2]:
         d_w_hh = None
@@ -295,8 +260,10 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         if h0 is not None:
             d_w_hh = d_w_hh + dz0.transpose(-1, -2) @ h0
     if tokens:
-        d_w_ih = d_w_ih_t.transpose(-1, -2) if needs[1] else None
-    elif needs[0] or needs[1]:
+        d_w_ih = _keep(d_w_ih, needs[1])
+    else:
+        d_w_ih = None
+    if not tokens and (needs[0] or needs[1]):
         B, T, H = states.shape[-3:]
         M = states.shape[0] if batched else 1
         if not batched:

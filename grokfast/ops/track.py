@@ -189,10 +189,10 @@ def rnn_track(w_ih, w_hh, bias, h0, w_out, b_out, *, activation: str, centers, c
     else:
         p.generate_tokens = True
         p.seed = _seed(seed)
-    w_ih_t = w_ih_.t().contiguous()
     keep = tuple(t.contiguous() if t is not None else None for t in
-                 (w_ih_t, w_hh, tensors["bias"], h0_, w_out_, tensors["b_out"], cen))
-    p.w_ih_t, p.w_hh, p.bias, p.h0, p.w_out, p.b_out = (_ptr(t) for t in keep[:6])
+                 (w_ih_, w_hh, tensors["bias"], h0_, w_out_, tensors["b_out"], cen))
+    p.w_ih, p.w_hh, p.bias, p.h0, p.w_out, p.b_out = (_ptr(t) for t in keep[:6])
+    p.w_ih_stride_h, p.w_ih_stride_i = I, 1
     p.y_mode = c.OutputMode.None_
     p.stream = _stream(w_hh)
     tp = c.RnnTrackParams()
