@@ -99,3 +99,49 @@ def test_elman_functional_call_and_no_bias():
     close(h[0], out.h)
     y2, _ = m(x)
     assert not torch.allclose(y, y2)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emulated"])
+def test_kernels_read_w_ih_with_either_layout(backend):
+    # The kernels take W_ih [H, I] with strides: in place (I, 1), or a transposed copy (1, H)
+    # (what the GPU backends get). Both must give the op's result.
+    from grokfast._ext import ext
+    a = make(6, 3, 4, tokens=True)
+    H, I = a["w_ih"].shape
+    want = rnn(**a, backend=backend)
+    for w, strides in ((a["w_ih"], (I, 1)), (a["w_ih"].t().contiguous(), (1, H))):
+        y = torch.full_like(want.y, float("nan"))
+        h = torch.full_like(want.h, float("nan"))
+        ext().rnn_forward_call(backend, 1, 3, 4, I, H, 2, True, 0, False, a["x"].data_ptr(), 0,
+                               4, 1, 0, w.data_ptr(), *strides, a["w_hh"].data_ptr(),
+                               a["bias"].data_ptr(), a["h0"].data_ptr(), a["w_out"].data_ptr(),
+                               a["b_out"].data_ptr(), 2, y.data_ptr(), 0, h.data_ptr(), 0)
+        close(y, want.y)
+        close(h, want.h)
+
+
+def test_cpu_backward_overwrites_its_sums():
+    # The CPU kernel's weight-gradient sums are allocated without a fill: whatever the buffers
+    # held before (NaN here) must not leak into the gradients.
+    a = make(7, 5, 6, tokens=True)
+    states = torch.randn(5, 6, 7).tanh()
+    gy = torch.randn(5, 6, 2)
+    want = rnn_backward_sums(states, a, gy, torch.zeros)
+    got = rnn_backward_sums(states, a, gy, lambda *s: torch.full(s, float("nan")))
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert want[4].abs().sum() > 0  # dW_hh was computed, not left zero
+
+
+def rnn_backward_sums(states, a, gy, alloc):
+    from grokfast._ext import ext
+    B, T, H = states.shape
+    I = a["w_ih"].shape[1]
+    sums = (alloc(H), alloc(H, I), alloc(2, H), alloc(2), alloc(H, H))
+    x = a["x"]
+    ext().rnn_backward_call("cpu", 1, B, T, H, I, 2, 0, False, states.data_ptr(),
+                            a["w_hh"].data_ptr(), 0, 0, 2, gy.data_ptr(), a["w_out"].data_ptr(),
+                            x.data_ptr(), 0, *x.stride(), sums[0].data_ptr(), sums[1].data_ptr(),
+                            I, 1, sums[2].data_ptr(), sums[3].data_ptr(), 0, 0, 0,
+                            sums[4].data_ptr(), 0, 0)
+    return sums
