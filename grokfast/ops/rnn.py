@@ -113,16 +113,17 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
                     want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
                     want_dz: bool, want_dh0: bool, placeholders: bool = True,
-                    zeroed: bool = True) -> tuple:
+                    cpu: bool = True) -> tuple:
     """The outputs of _backward_impl; unrequested ones are empty (None with placeholders=False).
-    The sums are zeroed only with zeroed=True (the GPU kernels add into them; the CPU kernel
-    overwrites them). d_w_ih is [.., H, vocab]."""
+    For the CPU kernel the sums are left unfilled (it overwrites them) and d_w_ih is
+    [.., H, vocab] like the parameter; the GPU kernels add into zeroed sums, and their d_w_ih is
+    [.., vocab, H] (a token's row is contiguous across threads, so their atomics coalesce)."""
     shape = states.shape
     lead = shape[:-3]  # (M,) or () like the forward's inputs
     B, H = shape[-3], shape[-1]
     O = w_out.shape[-2] if w_out is not None else 0
     empty = states.new_empty
-    sums = states.new_zeros if zeroed else empty
+    sums = empty if cpu else states.new_zeros
 
     def skipped():  # the custom op's outputs may not alias one another
         return empty(0) if placeholders else None
@@ -131,7 +132,7 @@ def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bi
             empty(lead + (B, H)) if want_dz else skipped(),
             empty(lead + (B, H)) if want_dh0 else skipped(),
             sums(lead + (H,)) if want_bias else skipped(),
-            sums(lead + (H, vocab)) if want_w_ih else skipped(),
+            sums(lead + ((H, vocab) if cpu else (vocab, H))) if want_w_ih else skipped(),
             sums(lead + (O, H)) if want_w_out else skipped(),
             sums(lead + (O,)) if want_b_out else skipped(),
             sums(lead + (H, H)) if want_w_hh else skipped())
@@ -150,14 +151,14 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
     Returns (dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
     holds dz_{t+1} (zeros at T-1) and dz0 = dz_0 (with want_dz; the GPU kernels always write
     them), dh0 = W_hh^T dz_0 (with want_dh0; without it the kernel skips that product),
-    d_w_ih [M, H, vocab] is the token embedding gradient (needs ids); d_w_hh (the CPU
+    d_w_ih is the token embedding gradient (needs ids; [M, H, vocab] from the CPU, [M, vocab, H]
+    from the GPU backends); d_w_hh (the CPU
     backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T;
     unrequested outputs are empty (None with placeholders=False)."""
     c = ext()
     cpu = backend == "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders,
-                           zeroed=not cpu)
+                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders, cpu)
     dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh = outs
     # Held in locals: a copy made inside the call's argument list would be freed before it.
     g_all = g_all.contiguous() if g_all is not None else None
@@ -175,7 +176,8 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
         states.dtype == torch.float64, states.data_ptr(), w_hh.data_ptr(),
         _ptr(g_all), _ptr(g_last), gy_mode if gy is not None else 0, _ptr(gy),
         _ptr(w_out) if gy is not None else 0,
-        _ptr(ids), *ids_strides, _ptr(d_bias), _ptr(d_w_ih), vocab, 1, _ptr(d_w_out),
+        _ptr(ids), *ids_strides, _ptr(d_bias), _ptr(d_w_ih), *((vocab, 1) if cpu else (1, H)),
+        _ptr(d_w_out),
         _ptr(d_b_out), _ptr(dz_next), _ptr(dz0), _ptr(dh0), _ptr(d_w_hh),
         _ptr(h0),
         _stream(states) if states.is_cuda else 0)
@@ -204,7 +206,8 @@ def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
 def _(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation, gy_mode, want_bias,
       want_w_ih, want_w_out, want_b_out, want_w_hh, want_dz, want_dh0, backend):
     return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and backend == "cpu", want_dz or backend != "cpu", want_dh0)
+                           want_w_hh and backend == "cpu", want_dz or backend != "cpu", want_dh0,
+                           cpu=backend == "cpu")
 
 
 def _save(ctx, x, w_ih, w_hh, bias, h0, w_out, h_all, activation, y_mode, want_all,
@@ -261,6 +264,8 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
             d_w_hh = d_w_hh + dz0.transpose(-1, -2) @ h0
     if tokens:
         d_w_ih = _keep(d_w_ih, needs[1])
+        if d_w_ih is not None and ctx.backend != "cpu":  # the GPU kernels' [.., vocab, H]
+            d_w_ih = d_w_ih.transpose(-1, -2)
     else:
         d_w_ih = None
     if not tokens and (needs[0] or needs[1]):
