@@ -38,21 +38,19 @@ using vec = typename Simd<T>::V;
 template <class T>
 using hvec = typename Simd<T>::HV;  // half a vector: the last columns of H = 100 are 4 lanes
 
-template <class T>
-inline vec<T> load(const T* p) {
-  vec<T> v;
+template <class V, class T>  // an unaligned load of a whole or half vector
+inline V load_as(const T* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+template <class T>
+inline vec<T> load(const T* p) {
+  return load_as<vec<T>>(p);
 }
 template <class T>
 inline void store(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof v);
-}
-template <class T>
-inline hvec<T> load_half(const T* p) {
-  hvec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
 }
 template <class T>
 inline hvec<T> low_half(vec<T> v) {
@@ -166,13 +164,13 @@ inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int6
   hvec<T> tail[MR];
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NF; ++v) acc[r][v] = load(init[r] + col + v * N);
-    if constexpr (Half) tail[r] = load_half(init[r] + col + NF * N);
+    if constexpr (Half) tail[r] = load_as<hvec<T>>(init[r] + col + NF * N);
   }
   for (int64_t k = 0; k < K; ++k) {
     vec<T> wv[NF > 0 ? NF : 1];
     for (int v = 0; v < NF; ++v) wv[v] = load(w + k * w_ld + col + v * N);
     hvec<T> wt{};
-    if constexpr (Half) wt = load_half(w + k * w_ld + col + NF * N);
+    if constexpr (Half) wt = load_as<hvec<T>>(w + k * w_ld + col + NF * N);
     for (int r = 0; r < MR; ++r) {
       const vec<T> s = splat(KMajor ? src[k * src_ld + r] : src[r * src_ld + k]);
       for (int v = 0; v < NF; ++v) acc[r][v] += s * wv[v];
@@ -633,25 +631,21 @@ void backward_impl(const BackwardParams& p) {
   const auto flush_sums = [&](Scratch& s) {
     if (s.m < 0) return;
     const int64_t m = s.m;
-    // Padded [n, hp] partial sums into [n, H] outputs.
-    const auto add_rows = [&](T* dst, Buffer<T>& part, int64_t n) {
+    // Padded [n, hp] partial sums: row i, column j into dst[i * row_stride + j * col_stride].
+    const auto add_rows = [&](T* dst, Buffer<T>& part, int64_t n, int64_t row_stride,
+                              int64_t col_stride = 1) {
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < H; ++j) dst[i * H + j] += part[i * hp + j];
+        for (int64_t j = 0; j < H; ++j) dst[i * row_stride + j * col_stride] += part[i * hp + j];
       part.zero();
     };
     if (d_w_hh) {
       s.outer.flush();
-      add_rows(d_w_hh + m * H * H, s.outer.sum, H);
+      add_rows(d_w_hh + m * H * H, s.outer.sum, H, H);
     }
-    if (d_bias) add_rows(d_bias + m * H, s.bias_sum, 1);
-    if (d_w_ih) {  // token i's row of the padded sums is column i of dW_ih
-      T* dst = d_w_ih + m * H * I;
-      for (int64_t i = 0; i < I; ++i)
-        for (int64_t j = 0; j < H; ++j)
-          dst[j * p.d_w_ih_stride_h + i * p.d_w_ih_stride_i] += s.emb_sum[i * hp + j];
-      s.emb_sum.zero();
-    }
-    if (d_w_out) add_rows(d_w_out + m * O * H, s.wout_sum, O);
+    if (d_bias) add_rows(d_bias + m * H, s.bias_sum, 1, H);
+    if (d_w_ih)  // token i's row of the sums is column i of dW_ih
+      add_rows(d_w_ih + m * H * I, s.emb_sum, I, p.d_w_ih_stride_i, p.d_w_ih_stride_h);
+    if (d_w_out) add_rows(d_w_out + m * O * H, s.wout_sum, O, H);
     if (d_b_out) {
       for (int64_t o = 0; o < O; ++o) d_b_out[m * O + o] += s.bout_sum[o];
       s.bout_sum.zero();
