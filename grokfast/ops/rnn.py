@@ -112,12 +112,16 @@ def _(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all, want_
 
 def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bias: bool,
                     want_w_ih: bool, want_w_out: bool, want_b_out: bool, want_w_hh: bool,
-                    want_dz: bool, want_dh0: bool, placeholders: bool = True,
-                    cpu: bool = True) -> tuple:
+                    want_dz: bool, want_dh0: bool, backend: str,
+                    placeholders: bool = True) -> tuple:
     """The outputs of _backward_impl; unrequested ones are empty (None with placeholders=False).
-    For the CPU kernel the sums are left unfilled (it overwrites them) and d_w_ih is
-    [.., H, vocab] like the parameter; the GPU kernels add into zeroed sums, and their d_w_ih is
-    [.., vocab, H] (a token's row is contiguous across threads, so their atomics coalesce)."""
+    The CPU kernel overwrites its sums (left unfilled) and writes d_w_ih as [.., H, vocab] like
+    the parameter, and d_w_hh. The GPU kernels add into zeroed sums, write d_w_ih as
+    [.., vocab, H] (a token's row is contiguous across threads, so their atomics coalesce), and
+    always write dz (d_w_hh is then one GEMM over it)."""
+    cpu = backend == "cpu"
+    want_w_hh = want_w_hh and cpu
+    want_dz = want_dz or not cpu
     shape = states.shape
     lead = shape[:-3]  # (M,) or () like the forward's inputs
     B, H = shape[-3], shape[-1]
@@ -145,20 +149,20 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
                    want_b_out: bool, want_w_hh: bool, want_dz: bool, want_dh0: bool,
                    backend: str, placeholders: bool = True) -> tuple:
     """BPTT for states [M, B, T, H] or [B, T, H] (T >= 1; every tensor then without M) in one
-    pass: dz_t = (g_t + W_hh^T dz_{t+1}) *
-    act'(h_t) with g_t = g_all_t (+ g_last at T-1) + W_out^T gy_t, and the sums over (b, t).
+    pass: dz_t = (g_t + W_hh^T dz_{t+1}) * act'(h_t) with g_t = g_all_t (+ g_last at T-1)
+    + W_out^T gy_t, and the sums over (b, t).
 
     Returns (dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh): dz_next[:, :, t]
     holds dz_{t+1} (zeros at T-1) and dz0 = dz_0 (with want_dz; the GPU kernels always write
     them), dh0 = W_hh^T dz_0 (with want_dh0; without it the kernel skips that product),
     d_w_ih is the token embedding gradient (needs ids; [M, H, vocab] from the CPU, [M, vocab, H]
-    from the GPU backends); d_w_hh (the CPU
-    backend only, with h0 [M, B, H] or None for zeros) sum_t dz_{t+1} h_t^T + dz_0 h0^T;
-    unrequested outputs are empty (None with placeholders=False)."""
+    from the GPU backends); d_w_hh (the CPU backend only, with h0 [M, B, H] or None for zeros)
+    sum_t dz_{t+1} h_t^T + dz_0 h0^T; unrequested outputs are empty (None with
+    placeholders=False)."""
     c = ext()
     cpu = backend == "cpu"
     outs = _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and cpu, want_dz or not cpu, want_dh0, placeholders, cpu)
+                           want_w_hh, want_dz, want_dh0, backend, placeholders)
     dz_next, dz0, dh0, d_bias, d_w_ih, d_w_out, d_b_out, d_w_hh = outs
     # Held in locals: a copy made inside the call's argument list would be freed before it.
     g_all = g_all.contiguous() if g_all is not None else None
@@ -177,10 +181,8 @@ def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
         _ptr(g_all), _ptr(g_last), gy_mode if gy is not None else 0, _ptr(gy),
         _ptr(w_out) if gy is not None else 0,
         _ptr(ids), *ids_strides, _ptr(d_bias), _ptr(d_w_ih), *((vocab, 1) if cpu else (1, H)),
-        _ptr(d_w_out),
-        _ptr(d_b_out), _ptr(dz_next), _ptr(dz0), _ptr(dh0), _ptr(d_w_hh),
-        _ptr(h0),
-        _stream(states) if states.is_cuda else 0)
+        _ptr(d_w_out), _ptr(d_b_out), _ptr(dz_next), _ptr(dz0), _ptr(dh0), _ptr(d_w_hh),
+        _ptr(h0), _stream(states) if states.is_cuda else 0)
     return outs
 
 
@@ -206,8 +208,7 @@ def rnn_backward_op(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
 def _(states, w_hh, g_all, g_last, gy, w_out, ids, h0, vocab, activation, gy_mode, want_bias,
       want_w_ih, want_w_out, want_b_out, want_w_hh, want_dz, want_dh0, backend):
     return _alloc_backward(states, w_out, vocab, want_bias, want_w_ih, want_w_out, want_b_out,
-                           want_w_hh and backend == "cpu", want_dz or backend != "cpu", want_dh0,
-                           cpu=backend == "cpu")
+                           want_w_hh, want_dz, want_dh0, backend)
 
 
 def _save(ctx, x, w_ih, w_hh, bias, h0, w_out, h_all, activation, y_mode, want_all,
@@ -252,12 +253,12 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
         not tokens and (needs[0] or needs[1]), want_h0, ctx.backend)
     d_x = None
     batched = states.dim() == 4
+    B, T, H = states.shape[-3:]
+    M = states.shape[0] if batched else 1
     if not needs[2]:
         d_w_hh = None
     elif d_w_hh is None or d_w_hh.numel() == 0:  # GPU backends: one batched GEMM outside the kernel
         # dz_{t+1} sits at slot t of dz_next, next to h_t at slot t of states: one GEMM.
-        B, T, H = states.shape[-3:]
-        M = states.shape[0] if batched else 1
         d_w_hh = (dz_next.reshape(M, B * T, H).transpose(1, 2)
                   @ states.reshape(M, B * T, H)).reshape(w_hh.shape)
         if h0 is not None:
@@ -269,8 +270,6 @@ def _backward(ctx, grad_y, grad_h_all, grad_h_last):
     else:
         d_w_ih = None
     if not tokens and (needs[0] or needs[1]):
-        B, T, H = states.shape[-3:]
-        M = states.shape[0] if batched else 1
         if not batched:
             x, w_ih, dz_next, dz0 = x.unsqueeze(0), w_ih.unsqueeze(0), dz_next.unsqueeze(0), dz0.unsqueeze(0)
         # Pair dz_next[:, :, t] = dz_{t+1} with x_{t+1}; dz_0 with x_0 separately.
