@@ -422,19 +422,110 @@ void forward_impl(const ForwardParams& p) {
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * K * H * 2);
   const int64_t bt = tile_rows(M, B, threads);
   const int64_t tiles = (B + bt - 1) / bt;
+  const auto emit_y = [&](int64_t t) {
+    return readout && (p.y_mode == OutputMode::All || t == T_ - 1);
+  };
+  const auto readout_of = [&](int64_t m, const T* h, int64_t o) {
+    return dot_padded(h, wout_p[m]->data + o * hp, hp) + (b_out ? b_out[m * O + o] : T(0));
+  };
+  const auto y_row = [&](int64_t m, int64_t b, int64_t t) {
+    return y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
+  };
+
+  // Prefix sharing: from a zero state, rows whose first t + 1 tokens agree have the same h_t.
+  // While there are few distinct prefixes (binary tokens: 2, 4, 8, ... at t = 0, 1, 2, ...), a
+  // step multiplies one row per prefix; the tiles take over once there are more than B / 2
+  // (their rows would cost about as much), and copy each of their rows' shared steps out.
+  // Exact: a prefix's row is computed as each of its rows would be.
+  struct SharedStep {
+    int64_t count;
+    std::vector<int64_t> group;  // [B]: each row's prefix
+    std::unique_ptr<Buffer<T>> h;  // [count, ks]: h_t per prefix
+    std::vector<T> y;            // [count, O]: readout per prefix (readout steps only)
+  };
+  std::vector<std::vector<SharedStep>> shared(M);
+  if (p.tokens && !h0 && !tr) {
+    // Models side by side on one thread each, or one model at a time with a step's rows
+    // split over the threads.
+    const int64_t outer = std::min<int64_t>(threads, M);
+    const int inner = int(std::max<int64_t>(1, threads / M));
+    parallel_for(M, int(outer), [&](int64_t m) {
+      std::vector<SharedStep>& steps = shared[m];
+      std::vector<int64_t> table, parent, tok;
+      std::vector<const T*> init(B);
+      for (int64_t t = 0; t < T_; ++t) {
+        const int64_t n = t == 0 ? 1 : steps.back().count;  // prefixes of length t
+        if (n * I > (int64_t(1) << 16)) break;
+        table.assign(n * I, -1);
+        parent.clear();
+        tok.clear();
+        SharedStep step{0, std::vector<int64_t>(B), nullptr, {}};
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t id = token(m, b, t);
+          int64_t& g = table[(t == 0 ? 0 : steps.back().group[b]) * I + id];
+          if (g < 0) {
+            g = int64_t(parent.size());
+            parent.push_back(t == 0 ? 0 : steps.back().group[b]);
+            tok.push_back(id);
+          }
+          step.group[b] = g;
+        }
+        step.count = int64_t(parent.size());
+        if (2 * step.count > B) break;
+        step.h = std::make_unique<Buffer<T>>(step.count * ks);
+        const T* prev_h = t == 0 ? nullptr : steps.back().h->data;
+        for (int64_t r = 0; r < step.count; ++r) init[r] = start[m]->data + (1 + tok[r]) * hp;
+        const int parts = step.count >= 24 ? inner : 1;  // below that a split costs more
+        const auto product = [&](int64_t part) {
+          const int64_t r0 = part * step.count / parts, r1 = (part + 1) * step.count / parts;
+          T* out = step.h->data + r0 * ks;
+          if (t == 0) {  // h_{-1} = 0: the token's starting row alone
+            gemm_tile<T>(r1 - r0, 0, out, ks, wcat[m]->data, hp, H, init.data() + r0, out, ks, act);
+            return;
+          }
+          Buffer<T> parents_h((r1 - r0) * ks);  // each prefix's row of h_{t-1}
+          for (int64_t r = r0; r < r1; ++r)
+            copy_row(parents_h.data + (r - r0) * ks, prev_h + parent[r] * ks, hp);
+          gemm_tile<T>(r1 - r0, H, parents_h.data, ks, wcat[m]->data, hp, H, init.data() + r0,
+                       out, ks, act);
+        };
+        if (parts > 1)
+          parallel_for(parts, parts, product);
+        else
+          product(0);
+        if (emit_y(t)) {
+          step.y.resize(step.count * O);
+          for (int64_t g = 0; g < step.count; ++g)
+            for (int64_t o = 0; o < O; ++o) step.y[g * O + o] = readout_of(m, step.h->data + g * ks, o);
+        }
+        steps.push_back(std::move(step));
+      }
+    });
+  }
+
   parallel_for(M * tiles, threads, [&](int64_t item) {
     const int64_t m = item / tiles, b0 = (item % tiles) * bt, rows = std::min(bt, B - b0);
     Buffer<T> src_a(bt * ks), src_b(bt * ks);
     std::vector<const T*> init(bt);
     T* src = src_a.data;
     T* nxt = src_b.data;
-    for (int64_t r = 0; r < rows; ++r)
-      if (h0) std::memcpy(src + r * ks, h0 + (m * B + b0 + r) * H, H * sizeof(T));
+    const std::vector<SharedStep>& steps = shared[m];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = b0 + r;
+      if (h0) std::memcpy(src + r * ks, h0 + (m * B + b) * H, H * sizeof(T));
+      for (int64_t t = 0; t < int64_t(steps.size()); ++t) {  // this row's shared steps
+        const SharedStep& step = steps[t];
+        const T* h = step.h->data + step.group[b] * ks;
+        if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
+        if (!step.y.empty()) std::copy_n(step.y.data() + step.group[b] * O, O, y_row(m, b, t));
+        if (t + 1 == int64_t(steps.size())) copy_row(src + r * ks, h, hp);
+      }
+    }
     const T* wm = wcat[m]->data;
     const T* st = start[m]->data;
     Tracker<T> track(tr, rows, H, hp, O, I, centers_p ? centers_p->data : nullptr,
                      wout_p[m]->data, b_out ? b_out + m * O : nullptr);
-    for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t t = int64_t(steps.size()); t < T_; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         if (p.tokens) {
@@ -449,15 +540,14 @@ void forward_impl(const ForwardParams& p) {
         gemm_tile<T>(rows, K - H, src + H, ks, wm + H * hp, hp, H, init.data(), nxt, ks, act);
       else
         gemm_tile<T>(rows, K, src, ks, wm, hp, H, init.data(), nxt, ks, act);
-      const bool emit_y = readout && (p.y_mode == OutputMode::All || t == T_ - 1);
+      const bool y_step = emit_y(t);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         const T* h = nxt + r * ks;
         if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
-        if (emit_y) {
-          T* yr = y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
-          for (int64_t o = 0; o < O; ++o)
-            yr[o] = dot_padded(h, wout_p[m]->data + o * hp, hp) + (b_out ? b_out[m * O + o] : T(0));
+        if (y_step) {
+          T* yr = y_row(m, b, t);
+          for (int64_t o = 0; o < O; ++o) yr[o] = readout_of(m, h, o);
         }
         if (tr) track.step(r, t, h, token(m, b, t));
       }
