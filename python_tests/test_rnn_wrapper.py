@@ -168,3 +168,30 @@ def test_prefix_sharing_is_exact(vocab, B, T, M, outputs):
     models = [(x[m], {k: v[m] for k, v in w.items()}) for m in range(M)] if M > 1 else [(x, w)]
     ref_h = torch.stack([grokfast.ref.rnn(xm, **wm)[0] for xm, wm in models])
     close(shared.h, ref_h if M > 1 else ref_h[0])
+
+
+@pytest.mark.parametrize("vocab,B,T,M", [(2, 129, 12, 1), (3, 40, 7, 2), (2, 70, 9, 3)])
+def test_prefix_sharing_gradients(vocab, B, T, M):
+    # The CPU backward sums dW_hh's outer products per token prefix of h_{t-1} (from h0 = None):
+    # every weight gradient must match the reference's autograd.
+    g = torch.Generator().manual_seed(vocab * 100 + B)
+    H = 21
+    lead = (M,) if M > 1 else ()
+    x = torch.randint(0, vocab, lead + (B, T), generator=g)
+    w = dict(w_ih=torch.randn(lead + (H, vocab), generator=g),
+             w_hh=torch.randn(lead + (H, H), generator=g) * 0.4,
+             bias=torch.randn(lead + (H,), generator=g),
+             w_out=torch.randn(lead + (2, H), generator=g), b_out=torch.randn(lead + (2,), generator=g))
+    target = torch.randn(lead + (B, T, 2), generator=g)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
+    loss = (rnn(x, **leaves).y - target).square().sum()
+    ours = torch.autograd.grad(loss, list(leaves.values()))
+    ref_leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
+    if M > 1:
+        ys = torch.stack([grokfast.ref.rnn(x[m], **{k: v[m] for k, v in ref_leaves.items()})[1]
+                          for m in range(M)])
+    else:
+        ys = grokfast.ref.rnn(x, **ref_leaves)[1]
+    theirs = torch.autograd.grad((ys - target).square().sum(), list(ref_leaves.values()))
+    for name, a, b in zip(w, ours, theirs):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-4, msg=name)

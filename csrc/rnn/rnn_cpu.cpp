@@ -347,6 +347,43 @@ int64_t tile_rows(int64_t M, int64_t B, int threads) {
   return std::clamp<int64_t>((B + per_model - 1) / per_model, 1, max_rows);
 }
 
+// Rows' token prefixes from a zero state, step by step while there are at most B / 2 distinct
+// ones (binary tokens: 2, 4, 8, ... at t = 0, 1, 2, ...; past B / 2 the per-row work costs
+// about the same). Rows of one prefix have the same hidden state, bit for bit (each row's
+// product runs the same operations), so the forward multiplies one row per prefix and the
+// backward adds dW_hh's outer products once per prefix. Prefix g of step t is prefix
+// parent[g] of step t - 1 followed by token[g]; first[g] is one of its rows.
+struct PrefixStep {
+  int64_t count = 0;
+  std::vector<int64_t> group, parent, token, first;  // group: [B], each row's prefix
+};
+template <class TokenOf>
+std::vector<PrefixStep> shared_prefixes(TokenOf token_of, int64_t B, int64_t T, int64_t I) {
+  std::vector<PrefixStep> steps;
+  std::vector<int64_t> table;  // (prefix of length t, token) -> prefix of length t + 1
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = t == 0 ? 1 : steps.back().count;
+    if (n * I > (int64_t(1) << 16)) break;
+    table.assign(n * I, -1);
+    PrefixStep s;
+    s.group.resize(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t up = t == 0 ? 0 : steps.back().group[b], id = token_of(b, t);
+      int64_t& g = table[up * I + id];
+      if (g < 0) {
+        g = s.count++;
+        s.parent.push_back(up);
+        s.token.push_back(id);
+        s.first.push_back(b);
+      }
+      s.group[b] = g;
+    }
+    if (2 * s.count > B) break;
+    steps.push_back(std::move(s));
+  }
+  return steps;
+}
+
 template <class T>
 void forward_impl(const ForwardParams& p) {
   constexpr int N = Simd<T>::N;
@@ -432,60 +469,38 @@ void forward_impl(const ForwardParams& p) {
     return y + (p.y_mode == OutputMode::All ? ((m * B + b) * T_ + t) * O : (m * B + b) * O);
   };
 
-  // Prefix sharing: from a zero state, rows whose first t + 1 tokens agree have the same h_t.
-  // While there are few distinct prefixes (binary tokens: 2, 4, 8, ... at t = 0, 1, 2, ...), a
-  // step multiplies one row per prefix; the tiles take over once there are more than B / 2
-  // (their rows would cost about as much), and copy each of their rows' shared steps out.
-  // Exact: a prefix's row is computed as each of its rows would be.
-  struct SharedStep {
-    int64_t count;
-    std::vector<int64_t> group;  // [B]: each row's prefix
-    std::unique_ptr<Buffer<T>> h;  // [count, ks]: h_t per prefix
-    std::vector<T> y;            // [count, O]: readout per prefix (readout steps only)
+  // Prefix sharing (see shared_prefixes): the early steps multiply one row per distinct
+  // prefix; the tiles then copy each of their rows' shared steps out and go on from there.
+  struct Shared {
+    std::vector<PrefixStep> steps;
+    std::vector<std::unique_ptr<Buffer<T>>> h;  // per step [count, ks]: h_t per prefix
+    std::vector<std::vector<T>> y;              // per step [count, O] (readout steps only)
   };
-  std::vector<std::vector<SharedStep>> shared(M);
+  std::vector<Shared> shared(M);
   if (p.tokens && !h0 && !tr) {
     // Models side by side on one thread each, or one model at a time with a step's rows
     // split over the threads.
-    const int64_t outer = std::min<int64_t>(threads, M);
     const int inner = int(std::max<int64_t>(1, threads / M));
-    parallel_for(M, int(outer), [&](int64_t m) {
-      std::vector<SharedStep>& steps = shared[m];
-      std::vector<int64_t> table, parent, tok;
+    parallel_for(M, int(std::min<int64_t>(threads, M)), [&](int64_t m) {
+      Shared& sh = shared[m];
+      sh.steps = shared_prefixes([&](int64_t b, int64_t t) { return token(m, b, t); }, B, T_, I);
       std::vector<const T*> init(B);
-      for (int64_t t = 0; t < T_; ++t) {
-        const int64_t n = t == 0 ? 1 : steps.back().count;  // prefixes of length t
-        if (n * I > (int64_t(1) << 16)) break;
-        table.assign(n * I, -1);
-        parent.clear();
-        tok.clear();
-        SharedStep step{0, std::vector<int64_t>(B), nullptr, {}};
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t id = token(m, b, t);
-          int64_t& g = table[(t == 0 ? 0 : steps.back().group[b]) * I + id];
-          if (g < 0) {
-            g = int64_t(parent.size());
-            parent.push_back(t == 0 ? 0 : steps.back().group[b]);
-            tok.push_back(id);
-          }
-          step.group[b] = g;
-        }
-        step.count = int64_t(parent.size());
-        if (2 * step.count > B) break;
-        step.h = std::make_unique<Buffer<T>>(step.count * ks);
-        const T* prev_h = t == 0 ? nullptr : steps.back().h->data;
-        for (int64_t r = 0; r < step.count; ++r) init[r] = start[m]->data + (1 + tok[r]) * hp;
+      for (size_t t = 0; t < sh.steps.size(); ++t) {
+        const PrefixStep& step = sh.steps[t];
+        sh.h.push_back(std::make_unique<Buffer<T>>(step.count * ks));
+        const T* prev_h = t == 0 ? nullptr : sh.h[t - 1]->data;
+        for (int64_t r = 0; r < step.count; ++r) init[r] = start[m]->data + (1 + step.token[r]) * hp;
         const int parts = step.count >= 24 ? inner : 1;  // below that a split costs more
         const auto product = [&](int64_t part) {
           const int64_t r0 = part * step.count / parts, r1 = (part + 1) * step.count / parts;
-          T* out = step.h->data + r0 * ks;
+          T* out = sh.h[t]->data + r0 * ks;
           if (t == 0) {  // h_{-1} = 0: the token's starting row alone
             gemm_tile<T>(r1 - r0, 0, out, ks, wcat[m]->data, hp, H, init.data() + r0, out, ks, act);
             return;
           }
           Buffer<T> parents_h((r1 - r0) * ks);  // each prefix's row of h_{t-1}
           for (int64_t r = r0; r < r1; ++r)
-            copy_row(parents_h.data + (r - r0) * ks, prev_h + parent[r] * ks, hp);
+            copy_row(parents_h.data + (r - r0) * ks, prev_h + step.parent[r] * ks, hp);
           gemm_tile<T>(r1 - r0, H, parents_h.data, ks, wcat[m]->data, hp, H, init.data() + r0,
                        out, ks, act);
         };
@@ -493,12 +508,12 @@ void forward_impl(const ForwardParams& p) {
           parallel_for(parts, parts, product);
         else
           product(0);
-        if (emit_y(t)) {
-          step.y.resize(step.count * O);
+        sh.y.emplace_back();
+        if (emit_y(int64_t(t))) {
+          sh.y[t].resize(step.count * O);
           for (int64_t g = 0; g < step.count; ++g)
-            for (int64_t o = 0; o < O; ++o) step.y[g * O + o] = readout_of(m, step.h->data + g * ks, o);
+            for (int64_t o = 0; o < O; ++o) sh.y[t][g * O + o] = readout_of(m, sh.h[t]->data + g * ks, o);
         }
-        steps.push_back(std::move(step));
       }
     });
   }
@@ -509,23 +524,24 @@ void forward_impl(const ForwardParams& p) {
     std::vector<const T*> init(bt);
     T* src = src_a.data;
     T* nxt = src_b.data;
-    const std::vector<SharedStep>& steps = shared[m];
+    const Shared& sh = shared[m];
+    const int64_t shared_steps = int64_t(sh.steps.size());
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = b0 + r;
       if (h0) std::memcpy(src + r * ks, h0 + (m * B + b) * H, H * sizeof(T));
-      for (int64_t t = 0; t < int64_t(steps.size()); ++t) {  // this row's shared steps
-        const SharedStep& step = steps[t];
-        const T* h = step.h->data + step.group[b] * ks;
+      for (int64_t t = 0; t < shared_steps; ++t) {  // this row's shared steps
+        const int64_t g = sh.steps[t].group[b];
+        const T* h = sh.h[t]->data + g * ks;
         if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
-        if (!step.y.empty()) std::copy_n(step.y.data() + step.group[b] * O, O, y_row(m, b, t));
-        if (t + 1 == int64_t(steps.size())) copy_row(src + r * ks, h, hp);
+        if (!sh.y[t].empty()) std::copy_n(sh.y[t].data() + g * O, O, y_row(m, b, t));
+        if (t + 1 == shared_steps) copy_row(src + r * ks, h, hp);
       }
     }
     const T* wm = wcat[m]->data;
     const T* st = start[m]->data;
     Tracker<T> track(tr, rows, H, hp, O, I, centers_p ? centers_p->data : nullptr,
                      wout_p[m]->data, b_out ? b_out + m * O : nullptr);
-    for (int64_t t = int64_t(steps.size()); t < T_; ++t) {
+    for (int64_t t = shared_steps; t < T_; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t b = b0 + r;
         if (p.tokens) {
@@ -681,6 +697,10 @@ void backward_impl(const BackwardParams& p) {
     std::vector<const T*> init, d_rows, group;
     std::vector<int64_t> row_id;
     std::vector<T> scale;
+    // dz_t summed per token prefix of h_{t-1} (all shared steps, prefix_offset), and whether
+    // a prefix got rows here; zero between models.
+    std::vector<T> prefix_sum;
+    std::vector<char> prefix_used;
     Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O)
         : shape{bt, ks, H, hp, I, O}, src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp),
           h_a(bt * hp), h_b(bt * hp), zero_row(hp), bias_sum(hp), emb_sum(I * hp), wout_sum(O * hp),
@@ -691,8 +711,30 @@ void backward_impl(const BackwardParams& p) {
       for (Buffer<T>* b : {&g, &h_a, &h_b, &bias_sum, &emb_sum, &wout_sum, &bout_sum, &outer.sum}) b->zero();
       outer.k = 0;
       std::fill(init.begin(), init.end(), zero_row.data);
+      std::fill(prefix_sum.begin(), prefix_sum.end(), T(0));
+      std::fill(prefix_used.begin(), prefix_used.end(), 0);
     }
   };
+  // dW_hh by token prefix (shared_prefixes): rows whose h_{t-1} come from one prefix add their
+  // dz_t first, and the chunk multiplies each prefix's sum once.
+  std::vector<std::vector<PrefixStep>> prefixes(M);
+  std::vector<std::vector<int64_t>> prefix_offset(M);  // per step, its first prefix's row
+  int64_t prefix_rows = 0;
+  if (d_w_hh && ids && !h0) {
+    for (int64_t m = 0; m < M; ++m) {
+      prefixes[m] = shared_prefixes(
+          [&](int64_t b, int64_t t) {
+            return ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t];
+          },
+          B, T_, I);
+      int64_t rows = 0;
+      for (const PrefixStep& step : prefixes[m]) {
+        prefix_offset[m].push_back(rows);
+        rows += step.count;
+      }
+      prefix_rows = std::max(prefix_rows, rows);
+    }
+  }
   const int64_t chunks_per_model = M >= threads ? 0 : std::min<int64_t>(tiles, threads / M);
   const int64_t chunks = M >= threads ? threads : M * chunks_per_model;
   // Kept by the calling thread between calls of the same shape: allocating and zeroing ~200 KB
@@ -716,6 +758,10 @@ void backward_impl(const BackwardParams& p) {
       else
         cache[c] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
       scratch[c] = cache[c].get();
+    }
+    for (Scratch* sc : scratch) {
+      sc->prefix_sum.resize(prefix_rows * hp);
+      sc->prefix_used.resize(prefix_rows);
     }
   }
   const auto flush_sums = [&](Scratch& s) {
@@ -792,6 +838,7 @@ void backward_impl(const BackwardParams& p) {
       const int64_t k1 = y_step ? H + Oy : H;
       gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, H, init.data(), z, hp, Epilogue::Identity);
       const bool pair = d_w_hh && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
+      const bool by_prefix = pair && t > 0 && t - 1 < int64_t(prefixes[m].size());
       for (int64_t r = 0; r < rows && (t > 0 || pair); ++r)  // h_{t-1}: next step's h_t
         copy_row(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H);
       for (int64_t r = 0; r < rows; ++r) {
@@ -809,7 +856,14 @@ void backward_impl(const BackwardParams& p) {
         if (d_out) copy_row(d_out, d, H);
         if (y_step && d_b_out)
           for (int64_t o = 0; o < O; ++o) sc.bout_sum[o] += src[r * ks + H + o];
-        if (pair) sc.outer.push(d, h_prev + r * hp);
+        if (by_prefix) {
+          const int64_t row = prefix_offset[m][t - 1] + prefixes[m][t - 1].group[b];
+          T* sum = sc.prefix_sum.data() + row * hp;
+          for (int64_t j = 0; j < hp; j += N) store(sum + j, load(sum + j) + load(d + j));
+          sc.prefix_used[row] = 1;
+        } else if (pair) {
+          sc.outer.push(d, h_prev + r * hp);
+        }
         if (g_all || (t == T_ - 1 && g_last)) init[r] = sc.zero_row.data;
       }
       // The step's sums over the tile's rows: dz_t for the bias and each token's embedding row,
@@ -842,15 +896,33 @@ void backward_impl(const BackwardParams& p) {
         std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
     }
   };
+  // A chunk's prefix sums of model m, each times its prefix's h (any of its rows' state).
+  const auto multiply_prefixes = [&](Scratch& sc, int64_t m) {
+    T* h = sc.h_a.data;  // free after the tiles; rows are hp wide with zero padding
+    for (size_t u = 0; u < prefixes[m].size(); ++u)
+      for (int64_t g = 0; g < prefixes[m][u].count; ++g) {
+        const int64_t row = prefix_offset[m][u] + g;
+        if (!sc.prefix_used[row]) continue;
+        copy_row(h, states + ((m * B + prefixes[m][u].first[g]) * T_ + int64_t(u)) * H, H);
+        T* sum = sc.prefix_sum.data() + row * hp;
+        sc.outer.push(sum, h);
+        std::fill(sum, sum + hp, T(0));
+        sc.prefix_used[row] = 0;
+      }
+    sc.outer.flush();
+  };
   parallel_for(chunks, threads, [&](int64_t c) {
     Scratch& sc = *scratch[c];
     if (chunks_per_model == 0) {  // whole models [c M / chunks, (c + 1) M / chunks)
-      for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m)
+      for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m) {
         for (int64_t tile = 0; tile < tiles; ++tile) run_tile(sc, m, tile);
+        multiply_prefixes(sc, m);
+      }
     } else {  // part j of model m
       const int64_t m = c / chunks_per_model, j = c % chunks_per_model;
       for (int64_t tile = j * tiles / chunks_per_model; tile < (j + 1) * tiles / chunks_per_model; ++tile)
         run_tile(sc, m, tile);
+      multiply_prefixes(sc, m);
     }
   });
   for (Scratch* sc : scratch) flush_sums(*sc);  // in chunk order
