@@ -721,12 +721,14 @@ void backward_impl(const BackwardParams& p) {
   std::vector<std::vector<int64_t>> prefix_offset(M);  // per step, its first prefix's row
   int64_t prefix_rows = 0;
   if (d_w_hh && ids && !h0) {
-    for (int64_t m = 0; m < M; ++m) {
+    parallel_for(M, threads, [&](int64_t m) {
       prefixes[m] = shared_prefixes(
           [&](int64_t b, int64_t t) {
             return ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t];
           },
           B, T_, I);
+    });
+    for (int64_t m = 0; m < M; ++m) {
       int64_t rows = 0;
       for (const PrefixStep& step : prefixes[m]) {
         prefix_offset[m].push_back(rows);
