@@ -95,7 +95,9 @@ struct BackwardParams {
   ptr_t dh0 = 0;      // [M, B, H] out
   // CPU only: [M, H, H] += sum_t dz_{t+1} h_t^T (+ dz_0 h0^T with h0 [M, B, H]), inside the
   // pass, so the training step runs no parallel torch op (whose idle OpenMP workers would
-  // spin against this pool). 0: the caller does the GEMM.
+  // spin against this pool). 0: the caller does the GEMM. With token ids and no h0 it reads one
+  // state row per token prefix (rows sharing a prefix have equal states from a zero start), so
+  // states must be the forward's.
   ptr_t d_w_hh = 0;
   ptr_t h0 = 0;
   ptr_t stream = 0;
