@@ -6,7 +6,7 @@ import torch
 
 import grokfast
 from grokfast.ops import rnn
-from test_rnn import close, make
+from test_rnn import close, make, reference
 
 
 def test_backward_skips_dh0_unless_asked():
@@ -147,51 +147,38 @@ def rnn_backward_sums(states, a, gy, alloc):
     return sums
 
 
+def token_problem(vocab, B, T, M, H):
+    """make()'s weights without h0: the CPU kernels' prefix sharing needs a zero start."""
+    a = make(H, B, T, tokens=True, I=vocab, O=3, M=M if M > 1 else None, seed=vocab * 1000 + B)
+    del a["h0"]
+    return a
+
+
 @pytest.mark.parametrize("vocab,B,T,M,outputs", [(2, 129, 12, 1, "all"), (3, 40, 7, 2, "all"),
                                                   (2, 64, 3, 3, "last"), (2, 1, 5, 1, "all"),
                                                   (5, 300, 4, 1, "all")])
 def test_prefix_sharing_is_exact(vocab, B, T, M, outputs):
     # From h0 = None the CPU forward runs the early steps once per distinct token prefix; an
     # explicit zero h0 takes the plain path. Both must agree bit for bit, and with the reference.
-    g = torch.Generator().manual_seed(vocab * 1000 + B)
-    H = 37
+    a = token_problem(vocab, B, T, M, 37)
     lead = (M,) if M > 1 else ()
-    x = torch.randint(0, vocab, lead + (B, T), generator=g)
-    w = dict(w_ih=torch.randn(lead + (H, vocab), generator=g),
-             w_hh=torch.randn(lead + (H, H), generator=g) * 0.3,
-             bias=torch.randn(lead + (H,), generator=g),
-             w_out=torch.randn(lead + (3, H), generator=g), b_out=torch.randn(lead + (3,), generator=g))
-    shared = rnn(x, **w, outputs=outputs, hidden="all")
-    plain = rnn(x, **w, h0=torch.zeros(lead + (B, H)), outputs=outputs, hidden="all")
+    shared = rnn(**a, outputs=outputs, hidden="all")
+    plain = rnn(**a, h0=torch.zeros(lead + (B, 37)), outputs=outputs, hidden="all")
     torch.testing.assert_close(shared.y, plain.y, rtol=0, atol=0)
     torch.testing.assert_close(shared.h, plain.h, rtol=0, atol=0)
-    models = [(x[m], {k: v[m] for k, v in w.items()}) for m in range(M)] if M > 1 else [(x, w)]
-    ref_h = torch.stack([grokfast.ref.rnn(xm, **wm)[0] for xm, wm in models])
-    close(shared.h, ref_h if M > 1 else ref_h[0])
+    close(shared.h, reference(a, "tanh", M if M > 1 else None)[0])
 
 
 @pytest.mark.parametrize("vocab,B,T,M", [(2, 129, 12, 1), (3, 40, 7, 2), (2, 70, 9, 3)])
 def test_prefix_sharing_gradients(vocab, B, T, M):
     # The CPU backward sums dW_hh's outer products per token prefix of h_{t-1} (from h0 = None):
     # every weight gradient must match the reference's autograd.
-    g = torch.Generator().manual_seed(vocab * 100 + B)
-    H = 21
-    lead = (M,) if M > 1 else ()
-    x = torch.randint(0, vocab, lead + (B, T), generator=g)
-    w = dict(w_ih=torch.randn(lead + (H, vocab), generator=g),
-             w_hh=torch.randn(lead + (H, H), generator=g) * 0.4,
-             bias=torch.randn(lead + (H,), generator=g),
-             w_out=torch.randn(lead + (2, H), generator=g), b_out=torch.randn(lead + (2,), generator=g))
-    target = torch.randn(lead + (B, T, 2), generator=g)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
-    loss = (rnn(x, **leaves).y - target).square().sum()
-    ours = torch.autograd.grad(loss, list(leaves.values()))
-    ref_leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
-    if M > 1:
-        ys = torch.stack([grokfast.ref.rnn(x[m], **{k: v[m] for k, v in ref_leaves.items()})[1]
-                          for m in range(M)])
-    else:
-        ys = grokfast.ref.rnn(x, **ref_leaves)[1]
-    theirs = torch.autograd.grad((ys - target).square().sum(), list(ref_leaves.values()))
-    for name, a, b in zip(w, ours, theirs):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-4, msg=name)
+    a = token_problem(vocab, B, T, M, 21)
+    x = a.pop("x")
+    target = torch.randn((M,) * (M > 1) + (B, T, 3), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for run in (lambda w: rnn(x, **w).y, lambda w: reference(dict(w, x=x), "tanh", M if M > 1 else None)[1]):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in a.items()}
+        grads.append(torch.autograd.grad((run(leaves) - target).square().sum(), list(leaves.values())))
+    for name, ours, theirs in zip(a, *grads):
+        torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=2e-4, msg=name)
