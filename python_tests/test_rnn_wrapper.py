@@ -154,12 +154,15 @@ def token_problem(vocab, B, T, M, H):
     return a
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("vocab,B,T,M,outputs", [(2, 129, 12, 1, "all"), (3, 40, 7, 2, "all"),
                                                   (2, 64, 3, 3, "last"), (2, 1, 5, 1, "all"),
                                                   (5, 300, 4, 1, "all")])
-def test_prefix_sharing_is_exact(vocab, B, T, M, outputs):
-    # From h0 = None the CPU forward runs the early steps once per distinct token prefix; an
-    # explicit zero h0 takes the plain path. Both must agree bit for bit, and with the reference.
+def test_prefix_sharing_is_exact(vocab, B, T, M, outputs, threads, monkeypatch):
+    # From h0 = None the CPU forward runs the early steps once per distinct token prefix (on
+    # two threads, one model's prefix subtrees are split between them); an explicit zero h0
+    # takes the plain path. Both must agree bit for bit, and with the reference.
+    monkeypatch.setenv("GROKFAST_NUM_THREADS", threads)
     a = token_problem(vocab, B, T, M, 37)
     lead = (M,) if M > 1 else ()
     shared = rnn(**a, outputs=outputs, hidden="all")
@@ -169,10 +172,13 @@ def test_prefix_sharing_is_exact(vocab, B, T, M, outputs):
     close(shared.h, reference(a, "tanh", M if M > 1 else None)[0])
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("vocab,B,T,M", [(2, 129, 12, 1), (3, 40, 7, 2), (2, 70, 9, 3)])
-def test_prefix_sharing_gradients(vocab, B, T, M):
-    # The CPU backward sums dW_hh's outer products per token prefix of h_{t-1} (from h0 = None):
-    # every weight gradient must match the reference's autograd.
+def test_prefix_sharing_gradients(vocab, B, T, M, threads, monkeypatch):
+    # The CPU backward sums dW_hh's outer products per token prefix of h_{t-1} (from h0 = None;
+    # on two threads each chunk of rows finds its own prefixes): every weight gradient must
+    # match the reference's autograd.
+    monkeypatch.setenv("GROKFAST_NUM_THREADS", threads)
     a = token_problem(vocab, B, T, M, 21)
     x = a.pop("x")
     target = torch.randn((M,) * (M > 1) + (B, T, 3), generator=torch.Generator().manual_seed(1))

@@ -82,6 +82,20 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   std::memcpy(dst + j, src + j, (n - j) * sizeof(T));
 }
 
+// dst[c * dst_ld + r] = src[r * row_stride + c * col_stride] for a rows x cols source, in
+// 16 x 16 blocks: a plain loop's strided side touches a cache line per element, and at
+// H = 100 those lines outgrow L1.
+template <class T>
+void transpose_into(T* dst, int64_t dst_ld, const T* src, int64_t rows, int64_t cols,
+                    int64_t row_stride, int64_t col_stride) {
+  constexpr int64_t blk = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += blk)
+    for (int64_t c0 = 0; c0 < cols; c0 += blk)
+      for (int64_t c = c0; c < std::min(c0 + blk, cols); ++c)
+        for (int64_t r = r0; r < std::min(r0 + blk, rows); ++r)
+          dst[c * dst_ld + r] = src[r * row_stride + c * col_stride];
+}
+
 template <class T>
 inline vec<T> splat(T s) {
   return vec<T>{} + s;
@@ -347,18 +361,19 @@ int64_t tile_rows(int64_t M, int64_t B, int threads) {
   return std::clamp<int64_t>((B + per_model - 1) / per_model, 1, max_rows);
 }
 
-// Rows' token prefixes from a zero state, step by step while there are at most B / 2 distinct
-// ones (binary tokens: 2, 4, 8, ... at t = 0, 1, 2, ...; past B / 2 the per-row work costs
-// about the same). Rows of one prefix have the same hidden state, bit for bit (each row's
-// product runs the same operations), so the forward multiplies one row per prefix and the
-// backward adds dW_hh's outer products once per prefix. Prefix g of step t is prefix
-// parent[g] of step t - 1 followed by token[g]; first[g] is one of its rows.
+// Rows' token prefixes from a zero state, step by step while there are at most max_count
+// distinct ones (binary tokens: 2, 4, 8, ... at t = 0, 1, 2, ...). Rows of one prefix have the
+// same hidden state, bit for bit (each row's product runs the same operations), so the forward
+// multiplies one row per prefix and the backward adds dW_hh's outer products once per prefix.
+// Prefix g of step t is prefix parent[g] of step t - 1 followed by token[g]; first[g] is one
+// of its rows.
 struct PrefixStep {
   int64_t count = 0;
   std::vector<int64_t> group, parent, token, first;  // group: [B], each row's prefix
 };
 template <class TokenOf>
-std::vector<PrefixStep> shared_prefixes(TokenOf token_of, int64_t B, int64_t T, int64_t I) {
+std::vector<PrefixStep> shared_prefixes(TokenOf token_of, int64_t B, int64_t T, int64_t I,
+                                        int64_t max_count) {
   std::vector<PrefixStep> steps;
   std::vector<int64_t> table;  // (prefix of length t, token) -> prefix of length t + 1
   for (int64_t t = 0; t < T; ++t) {
@@ -378,10 +393,72 @@ std::vector<PrefixStep> shared_prefixes(TokenOf token_of, int64_t B, int64_t T, 
       }
       s.group[b] = g;
     }
-    if (2 * s.count > B) break;
+    if (s.count > max_count) break;
     steps.push_back(std::move(s));
   }
   return steps;
+}
+
+// The prefixes cut into `parts` shares of whole subtrees (a prefix's step needs only its
+// parent's h), so threads can run their shares without a barrier between steps. The roots are
+// the prefixes of step `split`, the first with at least 2 per part (or the last step), dealt
+// out by size (prefixes below them), largest first, to the lightest share. Each step's rows
+// are ordered by share: share q has rows [first_row[t][q], first_row[t][q + 1]); prefix g sits
+// at row pos[t][g] and row r holds prefix members[t][r]. Steps before `split` run whole.
+struct PrefixLayout {
+  int64_t split = 0;
+  std::vector<std::vector<int64_t>> pos, members, first_row;
+};
+inline PrefixLayout lay_out_prefixes(const std::vector<PrefixStep>& steps, int64_t parts) {
+  const int64_t S = int64_t(steps.size());
+  PrefixLayout lay;
+  if (S == 0) return lay;
+  int64_t& d = lay.split;
+  while (d + 1 < S && steps[d].count < 2 * parts) ++d;
+  std::vector<int64_t> root(steps[d].count), size(steps[d].count, 1);
+  for (int64_t g = 0; g < steps[d].count; ++g) root[g] = g;
+  for (int64_t t = d + 1; t < S; ++t) {
+    std::vector<int64_t> next(steps[t].count);
+    for (int64_t g = 0; g < steps[t].count; ++g) ++size[next[g] = root[steps[t].parent[g]]];
+    root.swap(next);
+  }
+  std::vector<int64_t> order(size.size()), load(parts, 0);
+  std::vector<std::vector<int64_t>> share(S);  // per step, each prefix's share
+  share[d].resize(steps[d].count);
+  for (size_t g = 0; g < order.size(); ++g) order[g] = int64_t(g);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size[a] > size[b]; });
+  for (int64_t g : order) {
+    const int64_t lightest = std::min_element(load.begin(), load.end()) - load.begin();
+    share[d][g] = lightest;
+    load[lightest] += size[g];
+  }
+  lay.pos.resize(S);
+  lay.members.resize(S);
+  lay.first_row.assign(S, std::vector<int64_t>(parts + 1, 0));
+  for (int64_t t = 0; t < S; ++t) {
+    const int64_t count = steps[t].count;
+    std::vector<int64_t>& pos = lay.pos[t];
+    std::vector<int64_t>& first = lay.first_row[t];
+    pos.resize(count);
+    lay.members[t].resize(count);
+    if (t < d) {
+      for (int64_t g = 0; g < count; ++g) pos[g] = lay.members[t][g] = g;
+      std::fill(first.begin() + 1, first.end(), count);
+      continue;
+    }
+    if (t > d) {
+      share[t].resize(count);
+      for (int64_t g = 0; g < count; ++g) share[t][g] = share[t - 1][steps[t].parent[g]];
+    }
+    for (int64_t g = 0; g < count; ++g) ++first[share[t][g] + 1];
+    for (int64_t q = 0; q < parts; ++q) first[q + 1] += first[q];
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t g = 0; g < count; ++g) {
+      pos[g] = fill[share[t][g]]++;
+      lay.members[t][pos[g]] = g;
+    }
+  }
+  return lay;
 }
 
 template <class T>
@@ -417,13 +494,12 @@ void forward_impl(const ForwardParams& p) {
   // starting value); readout rows. Padding lanes stay zero, so padded h lanes stay act(0) = 0.
   const int64_t in_rows = p.tokens ? I : 0;
   std::vector<std::unique_ptr<Buffer<T>>> wcat(M), start(M), wout_p(M);
-  for (int64_t m = 0; m < M; ++m) {
+  const auto prepare = [&](int64_t m) {
     wcat[m] = std::make_unique<Buffer<T>>(K * hp);
     Buffer<T>& w = *wcat[m];
-    for (int64_t j = 0; j < H; ++j)
-      for (int64_t k = 0; k < H; ++k) w[k * hp + j] = w_hh[(m * H + j) * H + k];
-    for (int64_t i = 0; i < K - H; ++i)
-      for (int64_t j = 0; j < H; ++j) w[(H + i) * hp + j] = w_in(m, j, i);
+    transpose_into(w.data, hp, w_hh + m * H * H, H, H, H, 1);
+    transpose_into(w.data + H * hp, hp, w_ih + m * H * I, H, K - H, p.w_ih_stride_h,
+                   p.w_ih_stride_i);
     start[m] = std::make_unique<Buffer<T>>((in_rows + 1) * hp);  // row 0: bias alone
     Buffer<T>& st = *start[m];
     for (int64_t i = 0; i <= in_rows; ++i)
@@ -432,7 +508,7 @@ void forward_impl(const ForwardParams& p) {
     wout_p[m] = std::make_unique<Buffer<T>>(O * hp);
     for (int64_t o = 0; o < O; ++o)
       for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
-  }
+  };
 
   const TrackParams* tr = p.track;
   std::unique_ptr<Buffer<T>> centers_p;  // tracked centers, padded like h
@@ -473,48 +549,72 @@ void forward_impl(const ForwardParams& p) {
   // prefix; the tiles then copy each of their rows' shared steps out and go on from there.
   struct Shared {
     std::vector<PrefixStep> steps;
-    std::vector<std::unique_ptr<Buffer<T>>> h;  // per step [count, ks]: h_t per prefix
+    std::vector<std::unique_ptr<Buffer<T>>> h;  // per step [count, ks]: h_t per prefix,
+    std::vector<std::vector<int64_t>> pos;      // prefix g's at row pos[t][g]
     std::vector<std::vector<T>> y;              // per step [count, O] (readout steps only)
   };
   std::vector<Shared> shared(M);
-  if (p.tokens && !h0 && !tr) {
-    // Models side by side on one thread each, or one model at a time with a step's rows
-    // split over the threads.
-    const int inner = int(std::max<int64_t>(1, threads / M));
+  const bool share = p.tokens && !h0 && !tr;
+  // The weights' padded copies and the token prefixes side by side: neither needs the other.
+  if (share)
+    parallel_for(2 * M, threads, [&](int64_t i) {
+      if (i < M) {
+        prepare(i);
+      } else {  // past B / 2 prefixes the per-row work costs about the same
+        const int64_t m = i - M;
+        shared[m].steps = shared_prefixes([&](int64_t b, int64_t t) { return token(m, b, t); },
+                                          B, T_, I, B / 2);
+      }
+    });
+  else
+    parallel_for(M, threads, prepare);
+  if (share) {
+    // Models side by side on one thread each, or one model at a time with its prefixes in
+    // shares of whole subtrees (lay_out_prefixes), one per thread.
+    const int64_t parts = std::max<int64_t>(1, threads / M);
     parallel_for(M, int(std::min<int64_t>(threads, M)), [&](int64_t m) {
       Shared& sh = shared[m];
-      sh.steps = shared_prefixes([&](int64_t b, int64_t t) { return token(m, b, t); }, B, T_, I);
-      std::vector<const T*> init(B);
-      for (size_t t = 0; t < sh.steps.size(); ++t) {
-        const PrefixStep& step = sh.steps[t];
-        sh.h.push_back(std::make_unique<Buffer<T>>(step.count * ks));
-        const T* prev_h = t == 0 ? nullptr : sh.h[t - 1]->data;
-        for (int64_t r = 0; r < step.count; ++r) init[r] = start[m]->data + (1 + step.token[r]) * hp;
-        const int parts = step.count >= 24 ? inner : 1;  // below that a split costs more
-        const auto product = [&](int64_t part) {
-          const int64_t r0 = part * step.count / parts, r1 = (part + 1) * step.count / parts;
-          T* out = sh.h[t]->data + r0 * ks;
-          if (t == 0) {  // h_{-1} = 0: the token's starting row alone
-            gemm_tile<T>(r1 - r0, 0, out, ks, wcat[m]->data, hp, H, init.data() + r0, out, ks, act);
-            return;
-          }
-          Buffer<T> parents_h((r1 - r0) * ks);  // each prefix's row of h_{t-1}
-          for (int64_t r = r0; r < r1; ++r)
-            copy_row(parents_h.data + (r - r0) * ks, prev_h + step.parent[r] * ks, hp);
-          gemm_tile<T>(r1 - r0, H, parents_h.data, ks, wcat[m]->data, hp, H, init.data() + r0,
-                       out, ks, act);
-        };
-        if (parts > 1)
-          parallel_for(parts, parts, product);
-        else
-          product(0);
-        sh.y.emplace_back();
-        if (emit_y(int64_t(t))) {
-          sh.y[t].resize(step.count * O);
-          for (int64_t g = 0; g < step.count; ++g)
-            for (int64_t o = 0; o < O; ++o) sh.y[t][g * O + o] = readout_of(m, sh.h[t]->data + g * ks, o);
-        }
+      const int64_t S = int64_t(sh.steps.size());
+      if (S == 0) return;
+      PrefixLayout lay = lay_out_prefixes(sh.steps, parts);
+      for (int64_t t = 0; t < S; ++t) {
+        sh.h.push_back(std::make_unique<Buffer<T>>(sh.steps[t].count * ks));
+        sh.y.emplace_back(emit_y(t) ? sh.steps[t].count * O : 0);
       }
+      sh.pos = std::move(lay.pos);
+      // Rows [lo, hi) of step t.
+      const auto run_rows = [&](int64_t t, int64_t lo, int64_t hi, Buffer<T>& parents_h,
+                                std::vector<const T*>& init) {
+        const PrefixStep& step = sh.steps[t];
+        const int64_t* mem = lay.members[t].data();
+        for (int64_t r = lo; r < hi; ++r) init[r - lo] = start[m]->data + (1 + step.token[mem[r]]) * hp;
+        T* out = sh.h[t]->data + lo * ks;
+        if (t == 0) {  // h_{-1} = 0: the token's starting row alone
+          gemm_tile<T>(hi - lo, 0, out, ks, wcat[m]->data, hp, H, init.data(), out, ks, act);
+        } else {
+          const T* prev_h = sh.h[t - 1]->data;
+          for (int64_t r = lo; r < hi; ++r)  // each prefix's parent row of h_{t-1}
+            copy_row(parents_h.data + (r - lo) * ks, prev_h + sh.pos[t - 1][step.parent[mem[r]]] * ks, hp);
+          gemm_tile<T>(hi - lo, H, parents_h.data, ks, wcat[m]->data, hp, H, init.data(), out, ks, act);
+        }
+        if (!sh.y[t].empty())
+          for (int64_t r = lo; r < hi; ++r)
+            for (int64_t o = 0; o < O; ++o)
+              sh.y[t][mem[r] * O + o] = readout_of(m, sh.h[t]->data + r * ks, o);
+      };
+      int64_t widest = 0;
+      for (const PrefixStep& step : sh.steps) widest = std::max(widest, step.count);
+      const auto run_part = [&](int64_t q) {  // q < 0: the steps before the split, whole
+        Buffer<T> parents_h(widest * ks);
+        std::vector<const T*> init(widest);
+        if (q < 0)
+          for (int64_t t = 0; t < lay.split; ++t) run_rows(t, 0, sh.steps[t].count, parents_h, init);
+        else
+          for (int64_t t = lay.split; t < S; ++t)
+            run_rows(t, lay.first_row[t][q], lay.first_row[t][q + 1], parents_h, init);
+      };
+      run_part(-1);
+      parallel_for(parts, int(parts), run_part);
     });
   }
 
@@ -531,7 +631,7 @@ void forward_impl(const ForwardParams& p) {
       if (h0) std::memcpy(src + r * ks, h0 + (m * B + b) * H, H * sizeof(T));
       for (int64_t t = 0; t < shared_steps; ++t) {  // this row's shared steps
         const int64_t g = sh.steps[t].group[b];
-        const T* h = sh.h[t]->data + g * ks;
+        const T* h = sh.h[t]->data + sh.pos[t][g] * ks;
         if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
         if (!sh.y[t].empty()) std::copy_n(sh.y[t].data() + g * O, O, y_row(m, b, t));
         if (t + 1 == shared_steps) copy_row(src + r * ks, h, hp);
@@ -594,17 +694,41 @@ inline vec<T> activation_grad_vec(Activation a, vec<T> h) {
   return T(1) - h * h;
 }
 
-// dst[0:n] += sum_i scale_i * rows[i][0:n] (scale 1 without scales), summed in registers:
-// adding row by row into memory would chain each row behind the previous row's store.
+// dst[0:n] += sum_i scale_i * rows[i][0:n] (scale 1 without scales; n whole vectors), with
+// NV vectors of the sum in registers, each an independent chain: one accumulator per vector
+// would chain every row behind the previous row's add.
+template <class T, int NV, bool Scaled>
+inline void add_row_sum_block(T* dst, const T* const* rows, const T* scales, int64_t count,
+                              int64_t j0) {
+  constexpr int N = Simd<T>::N;
+  vec<T> acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = vec<T>{};
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = rows[i] + j0;
+    if constexpr (Scaled) {
+      const vec<T> s = splat(scales[i]);
+      for (int v = 0; v < NV; ++v) acc[v] += s * load(row + v * N);
+    } else {
+      for (int v = 0; v < NV; ++v) acc[v] += load(row + v * N);
+    }
+  }
+  for (int v = 0; v < NV; ++v) store(dst + j0 + v * N, load(dst + j0 + v * N) + acc[v]);
+}
 template <class T>
 inline void add_row_sum(T* dst, int64_t n, const T* const* rows, const T* scales, int64_t count) {
-  for (int64_t j = 0; j < n; j += Simd<T>::N) {
-    vec<T> acc{};
-    if (scales)
-      for (int64_t i = 0; i < count; ++i) acc += splat(scales[i]) * load(rows[i] + j);
-    else
-      for (int64_t i = 0; i < count; ++i) acc += load(rows[i] + j);
-    store(dst + j, load(dst + j) + acc);
+  constexpr int N = Simd<T>::N, NB = 8;
+  for (int64_t j0 = 0; j0 < n; j0 += NB * N) {
+    switch (std::min<int64_t>(NB, (n - j0) / N)) {
+#define GF_CASE(nv)                                                              \
+  case nv:                                                                       \
+    if (scales)                                                                  \
+      add_row_sum_block<T, nv, true>(dst, rows, scales, count, j0);              \
+    else                                                                         \
+      add_row_sum_block<T, nv, false>(dst, rows, scales, count, j0);             \
+    break;
+      GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
+#undef GF_CASE
+    }
   }
 }
 
@@ -697,10 +821,14 @@ void backward_impl(const BackwardParams& p) {
     std::vector<const T*> init, d_rows, group;
     std::vector<int64_t> row_id;
     std::vector<T> scale;
-    // dz_t summed per token prefix of h_{t-1} (all shared steps, prefix_offset), and whether
-    // a prefix got rows here; zero between models.
+    // The token prefixes of the rows [prefix_b0, ..) the chunk runs of its current model, and
+    // dz_t summed per prefix of h_{t-1} (all steps' prefixes, prefix_offset); zero between
+    // models.
+    std::vector<PrefixStep> prefixes;
+    std::vector<int64_t> prefix_offset;
+    int64_t prefix_b0 = 0;
     std::vector<T> prefix_sum;
-    std::vector<char> prefix_used;
+    bool clean = true;  // false from a call's start until its sums are flushed
     Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O)
         : shape{bt, ks, H, hp, I, O}, src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp),
           h_a(bt * hp), h_b(bt * hp), zero_row(hp), bias_sum(hp), emb_sum(I * hp), wout_sum(O * hp),
@@ -712,31 +840,8 @@ void backward_impl(const BackwardParams& p) {
       outer.k = 0;
       std::fill(init.begin(), init.end(), zero_row.data);
       std::fill(prefix_sum.begin(), prefix_sum.end(), T(0));
-      std::fill(prefix_used.begin(), prefix_used.end(), 0);
     }
   };
-  // dW_hh by token prefix (shared_prefixes): rows whose h_{t-1} come from one prefix add their
-  // dz_t first, and the chunk multiplies each prefix's sum once.
-  std::vector<std::vector<PrefixStep>> prefixes(M);
-  std::vector<std::vector<int64_t>> prefix_offset(M);  // per step, its first prefix's row
-  int64_t prefix_rows = 0;
-  if (d_w_hh && ids && !h0) {
-    parallel_for(M, threads, [&](int64_t m) {
-      prefixes[m] = shared_prefixes(
-          [&](int64_t b, int64_t t) {
-            return ids[m * p.ids_stride_m + b * p.ids_stride_b + t * p.ids_stride_t];
-          },
-          B, T_, I);
-    });
-    for (int64_t m = 0; m < M; ++m) {
-      int64_t rows = 0;
-      for (const PrefixStep& step : prefixes[m]) {
-        prefix_offset[m].push_back(rows);
-        rows += step.count;
-      }
-      prefix_rows = std::max(prefix_rows, rows);
-    }
-  }
   const int64_t chunks_per_model = M >= threads ? 0 : std::min<int64_t>(tiles, threads / M);
   const int64_t chunks = M >= threads ? threads : M * chunks_per_model;
   // Kept by the calling thread between calls of the same shape: allocating and zeroing ~200 KB
@@ -755,16 +860,14 @@ void backward_impl(const BackwardParams& p) {
         scratch[c] = uncached.back().get();
         continue;
       }
-      if (cache[c] && cache[c]->shape == shape)
-        cache[c]->reset();
-      else
+      if (cache[c] && cache[c]->shape == shape) {
+        if (!cache[c]->clean) cache[c]->reset();
+      } else {
         cache[c] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
+      }
       scratch[c] = cache[c].get();
     }
-    for (Scratch* sc : scratch) {
-      sc->prefix_sum.resize(prefix_rows * hp);
-      sc->prefix_used.resize(prefix_rows);
-    }
+    for (Scratch* sc : scratch) sc->clean = false;
   }
   const auto flush_sums = [&](Scratch& s) {
     if (s.m < 0) return;
@@ -840,7 +943,7 @@ void backward_impl(const BackwardParams& p) {
       const int64_t k1 = y_step ? H + Oy : H;
       gemm_tile<T>(rows, k1 - k0, src + k0, ks, wm + k0 * hp, hp, H, init.data(), z, hp, Epilogue::Identity);
       const bool pair = d_w_hh && (t > 0 || h0);  // (dz_t, h_{t-1}) for dW_hh; h_{-1} = h0
-      const bool by_prefix = pair && t > 0 && t - 1 < int64_t(prefixes[m].size());
+      const bool by_prefix = pair && t > 0 && t - 1 < int64_t(sc.prefixes.size());
       for (int64_t r = 0; r < rows && (t > 0 || pair); ++r)  // h_{t-1}: next step's h_t
         copy_row(h_prev + r * hp, t > 0 ? state(r, t - 1) : h0 + (m * B + b0 + r) * H, H);
       for (int64_t r = 0; r < rows; ++r) {
@@ -859,10 +962,9 @@ void backward_impl(const BackwardParams& p) {
         if (y_step && d_b_out)
           for (int64_t o = 0; o < O; ++o) sc.bout_sum[o] += src[r * ks + H + o];
         if (by_prefix) {
-          const int64_t row = prefix_offset[m][t - 1] + prefixes[m][t - 1].group[b];
+          const int64_t row = sc.prefix_offset[t - 1] + sc.prefixes[t - 1].group[b - sc.prefix_b0];
           T* sum = sc.prefix_sum.data() + row * hp;
           for (int64_t j = 0; j < hp; j += N) store(sum + j, load(sum + j) + load(d + j));
-          sc.prefix_used[row] = 1;
         } else if (pair) {
           sc.outer.push(d, h_prev + r * hp);
         }
@@ -898,36 +1000,60 @@ void backward_impl(const BackwardParams& p) {
         std::memcpy(dh0 + (m * B + b0 + r) * H, z + r * hp, H * sizeof(T));
     }
   };
-  // A chunk's prefix sums of model m, each times its prefix's h (any of its rows' state).
+  // dW_hh by token prefix (shared_prefixes): rows whose h_{t-1} come from one prefix add their
+  // dz_t first, and the chunk multiplies each prefix's sum once. Each chunk finds the prefixes
+  // of its own rows [b0, b1) of model m, in parallel. Any sharing saves products (unlike the
+  // forward's), so it goes on while a step's prefixes are at most 3/4 of the rows.
+  const bool share = d_w_hh && ids && !h0;
+  const auto find_prefixes = [&](Scratch& sc, int64_t m, int64_t b0, int64_t b1) {
+    sc.prefixes = shared_prefixes(
+        [&](int64_t b, int64_t t) {
+          return ids[m * p.ids_stride_m + (b0 + b) * p.ids_stride_b + t * p.ids_stride_t];
+        },
+        b1 - b0, T_, I, (b1 - b0) * 3 / 4);
+    sc.prefix_b0 = b0;
+    sc.prefix_offset.clear();
+    int64_t rows = 0;
+    for (const PrefixStep& step : sc.prefixes) {
+      sc.prefix_offset.push_back(rows);
+      rows += step.count;
+    }
+    sc.prefix_sum.resize(rows * hp);  // new rows zero, kept ones zeroed by multiply_prefixes
+  };
+  // The prefix sums, each times its prefix's h (any of its rows' state).
   const auto multiply_prefixes = [&](Scratch& sc, int64_t m) {
     T* h = sc.h_a.data;  // free after the tiles; rows are hp wide with zero padding
-    for (size_t u = 0; u < prefixes[m].size(); ++u)
-      for (int64_t g = 0; g < prefixes[m][u].count; ++g) {
-        const int64_t row = prefix_offset[m][u] + g;
-        if (!sc.prefix_used[row]) continue;
-        copy_row(h, states + ((m * B + prefixes[m][u].first[g]) * T_ + int64_t(u)) * H, H);
-        T* sum = sc.prefix_sum.data() + row * hp;
+    for (size_t u = 0; u < sc.prefixes.size(); ++u)
+      for (int64_t g = 0; g < sc.prefixes[u].count; ++g) {
+        const int64_t b = sc.prefix_b0 + sc.prefixes[u].first[g];
+        copy_row(h, states + ((m * B + b) * T_ + int64_t(u)) * H, H);
+        T* sum = sc.prefix_sum.data() + (sc.prefix_offset[u] + g) * hp;
         sc.outer.push(sum, h);
         std::fill(sum, sum + hp, T(0));
-        sc.prefix_used[row] = 0;
       }
     sc.outer.flush();
+    sc.prefixes.clear();
   };
   parallel_for(chunks, threads, [&](int64_t c) {
     Scratch& sc = *scratch[c];
     if (chunks_per_model == 0) {  // whole models [c M / chunks, (c + 1) M / chunks)
       for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m) {
+        if (share) find_prefixes(sc, m, 0, B);
         for (int64_t tile = 0; tile < tiles; ++tile) run_tile(sc, m, tile);
         multiply_prefixes(sc, m);
       }
     } else {  // part j of model m
       const int64_t m = c / chunks_per_model, j = c % chunks_per_model;
-      for (int64_t tile = j * tiles / chunks_per_model; tile < (j + 1) * tiles / chunks_per_model; ++tile)
-        run_tile(sc, m, tile);
+      const int64_t first = j * tiles / chunks_per_model, end = (j + 1) * tiles / chunks_per_model;
+      if (share) find_prefixes(sc, m, first * bt, std::min(B, end * bt));
+      for (int64_t tile = first; tile < end; ++tile) run_tile(sc, m, tile);
       multiply_prefixes(sc, m);
     }
   });
-  for (Scratch* sc : scratch) flush_sums(*sc);  // in chunk order
+  for (Scratch* sc : scratch) {  // in chunk order
+    flush_sums(*sc);
+    sc->clean = true;
+  }
 }
 
 }  // namespace
