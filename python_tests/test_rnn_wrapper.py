@@ -188,3 +188,26 @@ def test_prefix_sharing_gradients(vocab, B, T, M, threads, monkeypatch):
         grads.append(torch.autograd.grad((run(leaves) - target).square().sum(), list(leaves.values())))
     for name, ours, theirs in zip(a, *grads):
         torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=2e-4, msg=name)
+
+
+def test_elman_h_n_from_the_kernel_on_both_paths():
+    # With a readout the module asks the op for h_n as [1, B, H] directly (no view op on the
+    # plain path); gradients through h_n, and the custom-op path torch.compile takes, must agree
+    # with nn.RNN.
+    torch.manual_seed(0)
+    rnn_t, lin = torch.nn.RNN(3, 7, batch_first=True), torch.nn.Linear(7, 2)
+    m = grokfast.nn.ElmanRNN.from_torch(rnn_t, lin)
+    x, h0 = torch.randn(4, 5, 3), torch.randn(1, 4, 7)
+    y, h_n = m(x, h0)
+    seq, h_t = rnn_t(x, h0)
+    assert h_n.shape == (1, 4, 7)
+    close(h_n, h_t)
+    ours = torch.autograd.grad(h_n.square().sum() + y.sum(), [m.weight_hh, m.weight_ih])
+    theirs = torch.autograd.grad(h_t.square().sum() + lin(seq).sum(),
+                                 [rnn_t.weight_hh_l0, rnn_t.weight_ih_l0])
+    for mine, other in zip(ours, theirs):
+        close(mine, other)
+    y_c, h_c = torch.compile(m, backend="aot_eager", fullgraph=True)(x, h0)
+    assert h_c.shape == (1, 4, 7)
+    close(y_c, y)
+    close(h_c, h_n)

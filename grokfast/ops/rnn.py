@@ -38,20 +38,25 @@ def _stream(t: Tensor) -> int:
 
 def _alloc_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_out: Optional[Tensor], y_mode: int,
                    want_all: bool, want_last: bool, batched: bool = True,
-                   placeholders: bool = True) -> tuple:
-    """The custom op's outputs; unrequested ones are empty (None with placeholders=False)."""
-    lead = w_hh.shape[:1] if batched else ()
+                   placeholders: bool = True, last_layer_dim: bool = False) -> tuple:
+    """The custom op's outputs; unrequested ones are empty (None with placeholders=False).
+    last_layer_dim: the last hidden state as [1, B, H] (nn.RNN's h_n; unbatched only)."""
+    # new_empty(*ints): torch parses a tuple argument about 0.5 us slower per call.
+    empty = w_hh.new_empty
+    lead = (w_hh.shape[0],) if batched else ()
     H = w_hh.shape[-1]
     B, T = x.shape[len(lead):len(lead) + 2]
-    empty = w_hh.new_empty
-
-    def skipped():  # the custom op's outputs may not alias one another
-        return empty(0) if placeholders else None
-
-    y = skipped() if w_out is None else empty(
-        lead + ((B, T, w_out.shape[-2]) if y_mode == _Y_ALL else (B, w_out.shape[-2])))
-    h_all = empty(lead + (B, T, H)) if want_all else skipped()
-    h_last = empty(lead + (B, H)) if want_last else skipped()
+    if w_out is None:
+        y = empty(0) if placeholders else None  # the custom op's outputs may not alias
+    elif y_mode == _Y_ALL:
+        y = empty(*lead, B, T, w_out.shape[-2])
+    else:
+        y = empty(*lead, B, w_out.shape[-2])
+    h_all = empty(*lead, B, T, H) if want_all else (empty(0) if placeholders else None)
+    if want_last:
+        h_last = empty(1, B, H) if last_layer_dim else empty(*lead, B, H)
+    else:
+        h_last = empty(0) if placeholders else None
     return y, h_all, h_last
 
 
@@ -59,7 +64,7 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
                   h0: Optional[Tensor], w_out: Optional[Tensor], b_out: Optional[Tensor],
                   activation: int, y_mode: int, want_all: bool, want_last: bool,
                   backend: str, batched: bool = True,
-                  placeholders: bool = True) -> tuple:
+                  placeholders: bool = True, last_layer_dim: bool = False) -> tuple:
     """Canonical layout, model dimension present (batched): x [M, B, T] ids or [M, B, T, I];
     w_ih [M, H, I]; w_hh [M, H, H]; bias [M, H]; h0 [M, B, H]; w_out [M, O, H]; b_out [M, O];
     or all of them without M (batched=False, outputs likewise; saves the view ops).
@@ -67,7 +72,7 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor],
     placeholders=False)."""
     c = ext()
     y, h_all, h_last = _alloc_forward(x, w_ih, w_hh, w_out, y_mode, want_all, want_last, batched,
-                                      placeholders)
+                                      placeholders, last_layer_dim)
     n = 1 if batched else 0
     H, I = w_ih.shape[-2:]
     tokens = not x.is_floating_point()
@@ -120,26 +125,22 @@ def _alloc_backward(states: Tensor, w_out: Optional[Tensor], vocab: int, want_bi
     [.., vocab, H] (a token's row is contiguous across threads, so their atomics coalesce), and
     always write dz (d_w_hh is then one GEMM over it)."""
     cpu = backend == "cpu"
-    want_w_hh = want_w_hh and cpu
-    want_dz = want_dz or not cpu
-    shape = states.shape
-    lead = shape[:-3]  # (M,) or () like the forward's inputs
-    B, H = shape[-3], shape[-1]
+    *lead, B, _, H = states.shape  # lead: [M] or [] like the forward's inputs
     O = w_out.shape[-2] if w_out is not None else 0
-    empty = states.new_empty
+    empty = states.new_empty  # new_empty(*ints): see _alloc_forward
     sums = empty if cpu else states.new_zeros
-
-    def skipped():  # the custom op's outputs may not alias one another
-        return empty(0) if placeholders else None
-
-    return (torch.empty_like(states) if want_dz else skipped(),
-            empty(lead + (B, H)) if want_dz else skipped(),
-            empty(lead + (B, H)) if want_dh0 else skipped(),
-            sums(lead + (H,)) if want_bias else skipped(),
-            sums(lead + ((H, vocab) if cpu else (vocab, H))) if want_w_ih else skipped(),
-            sums(lead + (O, H)) if want_w_out else skipped(),
-            sums(lead + (O,)) if want_b_out else skipped(),
-            sums(lead + (H, H)) if want_w_hh else skipped())
+    want_dz = want_dz or not cpu
+    outs = [torch.empty_like(states) if want_dz else None,
+            empty(*lead, B, H) if want_dz else None,
+            empty(*lead, B, H) if want_dh0 else None,
+            sums(*lead, H) if want_bias else None,
+            (sums(*lead, H, vocab) if cpu else sums(*lead, vocab, H)) if want_w_ih else None,
+            sums(*lead, O, H) if want_w_out else None,
+            sums(*lead, O) if want_b_out else None,
+            sums(*lead, H, H) if want_w_hh and cpu else None]
+    if placeholders:  # the custom op's outputs may not alias one another
+        outs = [empty(0) if t is None else t for t in outs]
+    return tuple(outs)
 
 
 def _backward_impl(states: Tensor, w_hh: Tensor, g_all: Optional[Tensor],
@@ -303,16 +304,16 @@ class _EagerRNN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode, want_all,
-                want_last, backend, batched):
+                want_last, backend, batched, last_layer_dim):
         outputs = _forward_impl(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, y_mode,
-                                want_all, want_last, backend, batched, placeholders=False)
+                                want_all, want_last, backend, batched, False, last_layer_dim)
         _save(ctx, x, w_ih, w_hh, bias, h0, w_out, outputs[1], activation, y_mode, want_all,
               b_out is not None, backend, _eager_backward_impl)
         return outputs
 
     @staticmethod
     def backward(ctx, *grads):
-        return (*_backward(ctx, *grads), None)
+        return (*_backward(ctx, *grads), None, None)
 
 
 # Function.apply minus its functorch handling (unwrap_dead_wrappers walks every argument):
@@ -362,6 +363,13 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
     "cuda-emulated" (the CUDA kernel run on host threads); default from the tensors' device.
     Returns RNNOutput(y, h); y is None without w_out.
     """
+    return _run(x, w_ih, w_hh, bias, h0, w_out, b_out, activation, outputs, hidden, backend)
+
+
+def _run(x, w_ih, w_hh, bias, h0, w_out, b_out, activation: str, outputs: str, hidden: str,
+         backend: Optional[str], last_layer_dim: bool = False) -> RNNOutput:
+    """rnn(); with last_layer_dim (and no model dimension) hidden="last" comes as [1, B, H],
+    nn.RNN's h_n, made by the kernel rather than by a view op on its output."""
     w_hh = as_tensor("w_hh", w_hh)
     dtype = w_hh.dtype
     if dtype is not torch.float32 and dtype is not torch.float64:
@@ -396,9 +404,13 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
         backend = "cuda" if w_hh.is_cuda else "cpu"
     else:
         backend = resolve_backend(backend, device)
-    others = (("w_ih", w_ih), ("bias", bias), ("h0", h0), ("w_out", w_out), ("b_out", b_out))
-    check_same_device((("x", x),) + others, device)
-    check_dtype(others, dtype)
+    check_same_device((("x", x),), device)
+    for name, t in (("w_ih", w_ih), ("bias", bias), ("h0", h0), ("w_out", w_out), ("b_out", b_out)):
+        if t is not None:  # check_same_device and check_dtype in one pass
+            if t.device != device:
+                check_same_device(((name, t),), device)
+            if t.dtype != dtype:
+                check_dtype(((name, t),), dtype)
     if backend in _GPU_BACKENDS:
         if dtype != torch.float32:
             raise TypeError(f"w_hh: backend {backend!r} supports float32 only, got {dtype} "
@@ -450,6 +462,8 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
         if w_out is not None and outputs == "last":
             raise ValueError("x: sequence length 0 has no last step to read out (outputs='last')")
         h_last = h0.clone() if h0 is not None else w_hh.new_zeros(lead_bh + (H,))
+        if last_layer_dim and not batched:
+            h_last = h_last.unsqueeze(0)
         y = w_hh.new_zeros(lead_bh + (0, w_out.shape[-2])) if w_out is not None else None
         h = {"all": w_hh.new_zeros(lead_bh + (0, H)), "last": h_last, "none": None}[hidden]
         return RNNOutput(y, h)
@@ -465,13 +479,15 @@ def rnn(x, w_ih, w_hh, bias=None, h0=None, w_out=None, b_out=None, *,
                b_out.contiguous() if b_out is not None else None)
     flags = (_ACTIVATION_CODE[activation], _Y_ALL if outputs == "all" else _Y_LAST,
              hidden == "all" or need_grad, hidden == "last", backend)
+    last_layer_dim = last_layer_dim and not batched
     if not _plain_eager(floats):
         y, h_all, h_last = torch.ops.grokfast.rnn_forward(*_canonical(tensors, batched), *flags)
         if not batched:
-            y, h_all, h_last = y.squeeze(0), h_all.squeeze(0), h_last.squeeze(0)
+            y, h_all = y.squeeze(0), h_all.squeeze(0)
+            h_last = h_last if last_layer_dim else h_last.squeeze(0)
     elif need_grad:
-        y, h_all, h_last = _eager_apply(*tensors, *flags, batched)
+        y, h_all, h_last = _eager_apply(*tensors, *flags, batched, last_layer_dim)
     else:  # unrequested outputs are None here
-        y, h_all, h_last = _forward_impl(*tensors, *flags, batched, placeholders=False)
+        y, h_all, h_last = _forward_impl(*tensors, *flags, batched, False, last_layer_dim)
     h = h_last if hidden == "last" else (h_all if hidden == "all" else None)
     return RNNOutput(y if w_out is not None else None, h)
