@@ -763,16 +763,20 @@ struct OuterSum {
 template <class T>
 void backward_impl(const BackwardParams& p) {
   const int64_t M = p.M, B = p.B, T_ = p.T, H = p.H, I = p.I, O = p.O;
-  // The sums are overwritten, so callers allocate them without a fill.
-  const auto zero = [](ptr_t out, int64_t n) {
-    if (out) std::memset(reinterpret_cast<void*>(out), 0, size_t(n) * sizeof(T));
-  };
-  zero(p.d_bias, M * H);
-  zero(p.ids ? p.d_w_ih : 0, M * H * I);  // each model's H * I block, in either layout
-  zero(p.d_w_out, M * O * H);
-  zero(p.d_b_out, M * O);
-  zero(p.d_w_hh, M * H * H);
-  if (M == 0 || B == 0 || T_ == 0) return;  // callers handle T == 0 without a kernel
+  // The sums are overwritten (callers allocate them without a fill): by each model's first
+  // flush_sums below, or here when there is nothing to run (callers handle T == 0 without a
+  // kernel).
+  if (M == 0 || B == 0 || T_ == 0) {
+    const auto zero = [](ptr_t out, int64_t n) {
+      if (out) std::memset(reinterpret_cast<void*>(out), 0, size_t(n) * sizeof(T));
+    };
+    zero(p.d_bias, M * H);
+    zero(p.ids ? p.d_w_ih : 0, M * H * I);  // each model's H * I block, in either layout
+    zero(p.d_w_out, M * O * H);
+    zero(p.d_b_out, M * O);
+    zero(p.d_w_hh, M * H * H);
+    return;
+  }
   constexpr int N = Simd<T>::N;
   const int64_t hp = round_up(H, N);
   const T* states = reinterpret_cast<const T*>(p.states);
@@ -795,15 +799,6 @@ void backward_impl(const BackwardParams& p) {
   const int64_t Oy = has_gy ? O : 0;
   const Activation act = p.activation;
 
-  // Per model the [H + Oy] x [hp] operand [W_hh; W_out] for source rows [dz_{t+1} | gy_t].
-  std::vector<std::unique_ptr<Buffer<T>>> wpad(M);
-  for (int64_t m = 0; m < M; ++m) {
-    wpad[m] = std::make_unique<Buffer<T>>((H + Oy) * hp);
-    for (int64_t j = 0; j < H; ++j)
-      std::memcpy(wpad[m]->data + j * hp, w_hh + (m * H + j) * H, H * sizeof(T));
-    for (int64_t o = 0; o < Oy; ++o)
-      std::memcpy(wpad[m]->data + (H + o) * hp, w_out + (m * O + o) * H, H * sizeof(T));
-  }
   const int64_t ks = round_up(H + Oy, N);  // source row stride
   const int threads = thread_count(p.num_threads, double(M) * B * T_ * H * H * (d_w_hh ? 4 : 2));
   const int64_t bt = tile_rows(M, B, threads);
@@ -816,7 +811,9 @@ void backward_impl(const BackwardParams& p) {
   struct Scratch {
     std::array<int64_t, 6> shape;
     int64_t m = -1;
-    Buffer<T> src_a, src_b, z, g, h_a, h_b, zero_row, bias_sum, emb_sum, wout_sum, bout_sum;
+    // w: the chunk's model's [H + Oy] x [hp] operand [W_hh; W_out] for source rows
+    // [dz_{t+1} | gy_t], copied by each chunk (in parallel, into its own core's cache).
+    Buffer<T> w, src_a, src_b, z, g, h_a, h_b, zero_row, bias_sum, emb_sum, wout_sum, bout_sum;
     OuterSum<T> outer;
     std::vector<const T*> init, d_rows, group;
     std::vector<int64_t> row_id;
@@ -830,7 +827,7 @@ void backward_impl(const BackwardParams& p) {
     std::vector<T> prefix_sum;
     bool clean = true;  // false from a call's start until its sums are flushed
     Scratch(int64_t bt, int64_t ks, int64_t H, int64_t hp, int64_t I, int64_t O)
-        : shape{bt, ks, H, hp, I, O}, src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp),
+        : shape{bt, ks, H, hp, I, O}, w((H + O) * hp), src_a(bt * ks), src_b(bt * ks), z(bt * hp), g(bt * hp),
           h_a(bt * hp), h_b(bt * hp), zero_row(hp), bias_sum(hp), emb_sum(I * hp), wout_sum(O * hp),
           bout_sum(O), outer(H, hp), init(bt, zero_row.data), d_rows(bt), group(bt), row_id(bt),
           scale(bt) {}
@@ -851,7 +848,7 @@ void backward_impl(const BackwardParams& p) {
   std::vector<Scratch*> scratch(chunks);
   {
     const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
-    const int64_t floats = (I + O + H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
+    const int64_t floats = (I + 2 * O + 2 * H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
     const bool keep = floats * int64_t(sizeof(T)) <= (int64_t(8) << 20);  // not for huge H or I
     if (keep && int64_t(cache.size()) < chunks) cache.resize(chunks);
     for (int64_t c = 0; c < chunks; ++c) {
@@ -869,14 +866,27 @@ void backward_impl(const BackwardParams& p) {
     }
     for (Scratch* sc : scratch) sc->clean = false;
   }
+  // Whether a model's sums were stored: its first flush stores, later ones (other chunks of
+  // the model, in chunk order) add. Chunks of whole models flush in parallel, each its own.
+  std::vector<char> stored(M, 0);
   const auto flush_sums = [&](Scratch& s) {
     if (s.m < 0) return;
     const int64_t m = s.m;
+    const bool first = !stored[m];
+    stored[m] = 1;
     // Padded [n, hp] partial sums: row i, column j into dst[i * row_stride + j * col_stride].
     const auto add_rows = [&](T* dst, Buffer<T>& part, int64_t n, int64_t row_stride,
                               int64_t col_stride = 1) {
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < H; ++j) dst[i * row_stride + j * col_stride] += part[i * hp + j];
+      for (int64_t i = 0; i < n; ++i) {
+        T* d = dst + i * row_stride;
+        const T* from = part.data + i * hp;
+        if (col_stride != 1)
+          for (int64_t j = 0; j < H; ++j) d[j * col_stride] = (first ? T(0) : d[j * col_stride]) + from[j];
+        else if (first)
+          std::memcpy(d, from, H * sizeof(T));
+        else
+          for (int64_t j = 0; j < H; ++j) d[j] += from[j];
+      }
       part.zero();
     };
     if (d_w_hh) {
@@ -888,16 +898,19 @@ void backward_impl(const BackwardParams& p) {
       add_rows(d_w_ih + m * H * I, s.emb_sum, I, p.d_w_ih_stride_i, p.d_w_ih_stride_h);
     if (d_w_out) add_rows(d_w_out + m * O * H, s.wout_sum, O, H);
     if (d_b_out) {
-      for (int64_t o = 0; o < O; ++o) d_b_out[m * O + o] += s.bout_sum[o];
+      for (int64_t o = 0; o < O; ++o) d_b_out[m * O + o] = (first ? T(0) : d_b_out[m * O + o]) + s.bout_sum[o];
       s.bout_sum.zero();
     }
     s.m = -1;
   };
-  const auto run_tile = [&](Scratch& sc, int64_t m, int64_t tile) {
-    const int64_t b0 = tile * bt, rows = std::min(bt, B - b0);
+  const auto run_tile = [&](Scratch& sc, int64_t m, int64_t b0, int64_t rows) {
     if (sc.m != m) {  // a chunk of whole models moves on: model sc.m is all its own
       flush_sums(sc);
       sc.m = m;
+      for (int64_t j = 0; j < H; ++j)
+        std::memcpy(sc.w.data + j * hp, w_hh + (m * H + j) * H, H * sizeof(T));
+      for (int64_t o = 0; o < Oy; ++o)
+        std::memcpy(sc.w.data + (H + o) * hp, w_out + (m * O + o) * H, H * sizeof(T));
     }
     const auto state = [&](int64_t r, int64_t t) { return states + ((m * B + b0 + r) * T_ + t) * H; };
     std::vector<const T*>& init = sc.init;
@@ -909,7 +922,7 @@ void backward_impl(const BackwardParams& p) {
     T* h_prev = sc.h_b.data;  // h_{t-1}
     T* z = sc.z.data;
     T* g = sc.g.data;
-    const T* wm = wpad[m]->data;
+    const T* wm = sc.w.data;
     for (int64_t r = 0; r < rows; ++r) {
       std::memcpy(h_cur + r * hp, state(r, T_ - 1), H * sizeof(T));
       if (dz_next) std::memset(dz_next + ((m * B + b0 + r) * T_ + T_ - 1) * H, 0, H * sizeof(T));
@@ -1034,20 +1047,21 @@ void backward_impl(const BackwardParams& p) {
     sc.outer.flush();
     sc.prefixes.clear();
   };
+  // Rows [b0, b1) of model m in tiles of at most bt rows, evenly sized.
+  const auto run_rows = [&](Scratch& sc, int64_t m, int64_t b0, int64_t b1) {
+    if (share) find_prefixes(sc, m, b0, b1);
+    const int64_t n = b1 - b0, count = (n + bt - 1) / bt;
+    for (int64_t k = 0; k < count; ++k)
+      run_tile(sc, m, b0 + k * n / count, (k + 1) * n / count - k * n / count);
+    multiply_prefixes(sc, m);
+  };
   parallel_for(chunks, threads, [&](int64_t c) {
     Scratch& sc = *scratch[c];
     if (chunks_per_model == 0) {  // whole models [c M / chunks, (c + 1) M / chunks)
-      for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m) {
-        if (share) find_prefixes(sc, m, 0, B);
-        for (int64_t tile = 0; tile < tiles; ++tile) run_tile(sc, m, tile);
-        multiply_prefixes(sc, m);
-      }
-    } else {  // part j of model m
+      for (int64_t m = c * M / chunks; m < (c + 1) * M / chunks; ++m) run_rows(sc, m, 0, B);
+    } else {  // part j of model m: an even share of its rows
       const int64_t m = c / chunks_per_model, j = c % chunks_per_model;
-      const int64_t first = j * tiles / chunks_per_model, end = (j + 1) * tiles / chunks_per_model;
-      if (share) find_prefixes(sc, m, first * bt, std::min(B, end * bt));
-      for (int64_t tile = first; tile < end; ++tile) run_tile(sc, m, tile);
-      multiply_prefixes(sc, m);
+      run_rows(sc, m, j * B / chunks_per_model, (j + 1) * B / chunks_per_model);
     }
   });
   for (Scratch* sc : scratch) {  // in chunk order
