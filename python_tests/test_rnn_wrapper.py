@@ -120,12 +120,15 @@ def test_kernels_read_w_ih_with_either_layout(backend):
         close(h, want.h)
 
 
-def test_cpu_backward_overwrites_its_sums():
+@pytest.mark.parametrize("B,threads", [(5, "1"), (40, "2")])
+def test_cpu_backward_overwrites_its_sums(B, threads, monkeypatch):
     # The CPU kernel's weight-gradient sums are allocated without a fill: whatever the buffers
-    # held before (NaN here) must not leak into the gradients.
-    a = make(7, 5, 6, tokens=True)
-    states = torch.randn(5, 6, 7).tanh()
-    gy = torch.randn(5, 6, 2)
+    # held before (NaN here) must not leak into the gradients. On two threads the first of the
+    # model's two chunks stores its sums and the second adds to them.
+    monkeypatch.setenv("GROKFAST_NUM_THREADS", threads)
+    a = make(7, B, 6, tokens=True)
+    states = torch.randn(B, 6, 7).tanh()
+    gy = torch.randn(B, 6, 2)
     want = rnn_backward_sums(states, a, gy, torch.zeros)
     got = rnn_backward_sums(states, a, gy, lambda *s: torch.full(s, float("nan")))
     for w, g in zip(want, got):
