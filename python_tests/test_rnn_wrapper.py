@@ -214,3 +214,15 @@ def test_elman_h_n_from_the_kernel_on_both_paths():
     assert h_c.shape == (1, 4, 7)
     close(y_c, y)
     close(h_c, h_n)
+
+
+def test_cpu_forward_keeps_no_stale_padding_between_shapes():
+    # The CPU forward keeps its padded weight copies between calls of one shape. H = 20, I = 5
+    # and H = 17, I = 8 have the same padded size (K = 25 rows of 32 columns): the second call
+    # must not read the first one's columns 17..19 as its padding.
+    for H, I in ((20, 5), (17, 8), (20, 5)):
+        a = make(H, 6, 4, tokens=False, I=I, O=3, seed=H)
+        out = rnn(**a, hidden="all", backend="cpu")
+        hs, y = reference(a, "tanh")
+        close(out.h, hs)
+        close(out.y, y)

@@ -492,20 +492,45 @@ void forward_impl(const ForwardParams& p) {
 
   // Per model: [W_hh^T; W_ih^T] padded to hp columns; bias + embedding rows (each token's
   // starting value); readout rows. Padding lanes stay zero, so padded h lanes stay act(0) = 0.
+  // Kept by the calling thread between calls of the same shape (refilled, not reallocated:
+  // fresh buffers cost an allocation and a zero-fill of cold memory per call).
   const int64_t in_rows = p.tokens ? I : 0;
-  std::vector<std::unique_ptr<Buffer<T>>> wcat(M), start(M), wout_p(M);
+  struct Padded {
+    std::array<int64_t, 5> shape;
+    Buffer<T> w, start, out;
+    Padded(const std::array<int64_t, 5>& s)  // s: K, H, hp, in_rows, O
+        : shape(s), w(s[0] * s[2]), start((s[3] + 1) * s[2]), out(s[4] * s[2]) {}
+  };
+  const std::array<int64_t, 5> padded_shape{K, H, hp, in_rows, O};
+  thread_local std::vector<std::unique_ptr<Padded>> kept;
+  std::vector<std::unique_ptr<Padded>> unkept;
+  std::vector<Buffer<T>*> wcat(M), start(M), wout_p(M);
+  {
+    const bool keep = M * (K + in_rows + 1 + O) * hp * int64_t(sizeof(T)) <= (int64_t(8) << 20);
+    if (keep && int64_t(kept.size()) < M) kept.resize(M);
+    for (int64_t m = 0; m < M; ++m) {
+      Padded* pad;
+      if (!keep) {
+        unkept.push_back(std::make_unique<Padded>(padded_shape));
+        pad = unkept.back().get();
+      } else {
+        if (!kept[m] || kept[m]->shape != padded_shape) kept[m] = std::make_unique<Padded>(padded_shape);
+        pad = kept[m].get();
+      }
+      wcat[m] = &pad->w;
+      start[m] = &pad->start;
+      wout_p[m] = &pad->out;
+    }
+  }
   const auto prepare = [&](int64_t m) {
-    wcat[m] = std::make_unique<Buffer<T>>(K * hp);
     Buffer<T>& w = *wcat[m];
     transpose_into(w.data, hp, w_hh + m * H * H, H, H, H, 1);
     transpose_into(w.data + H * hp, hp, w_ih + m * H * I, H, K - H, p.w_ih_stride_h,
                    p.w_ih_stride_i);
-    start[m] = std::make_unique<Buffer<T>>((in_rows + 1) * hp);  // row 0: bias alone
-    Buffer<T>& st = *start[m];
+    Buffer<T>& st = *start[m];  // row 0: bias alone
     for (int64_t i = 0; i <= in_rows; ++i)
       for (int64_t j = 0; j < H; ++j)
         st[i * hp + j] = (bias ? bias[m * H + j] : T(0)) + (i > 0 ? w_in(m, j, i - 1) : T(0));
-    wout_p[m] = std::make_unique<Buffer<T>>(O * hp);
     for (int64_t o = 0; o < O; ++o)
       for (int64_t j = 0; j < H; ++j) (*wout_p[m])[o * hp + j] = w_out[(m * O + o) * H + j];
   };
