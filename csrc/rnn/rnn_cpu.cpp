@@ -580,23 +580,30 @@ void forward_impl(const ForwardParams& p) {
   };
   std::vector<Shared> shared(M);
   const bool share = p.tokens && !h0 && !tr;
+  const auto find_prefixes = [&](int64_t m) {  // past B / 2 the per-row work costs about the same
+    shared[m].steps = shared_prefixes([&](int64_t b, int64_t t) { return token(m, b, t); }, B, T_, I,
+                                      B / 2);
+  };
   // The weights' padded copies and the token prefixes side by side: neither needs the other.
-  if (share)
+  // Not for a single tile: its thread would run the sequence while the pool's woken worker
+  // spins on the other core for a while (a sibling hyperthread on some machines).
+  const bool one_tile = M * tiles == 1;
+  if (share && !one_tile)
     parallel_for(2 * M, threads, [&](int64_t i) {
-      if (i < M) {
+      if (i < M)
         prepare(i);
-      } else {  // past B / 2 prefixes the per-row work costs about the same
-        const int64_t m = i - M;
-        shared[m].steps = shared_prefixes([&](int64_t b, int64_t t) { return token(m, b, t); },
-                                          B, T_, I, B / 2);
-      }
+      else
+        find_prefixes(i - M);
     });
   else
-    parallel_for(M, threads, prepare);
+    parallel_for(M, one_tile ? 1 : threads, [&](int64_t m) {
+      prepare(m);
+      if (share) find_prefixes(m);
+    });
   if (share) {
     // Models side by side on one thread each, or one model at a time with its prefixes in
     // shares of whole subtrees (lay_out_prefixes), one per thread.
-    const int64_t parts = std::max<int64_t>(1, threads / M);
+    const int64_t parts = one_tile ? 1 : std::max<int64_t>(1, threads / M);
     parallel_for(M, int(std::min<int64_t>(threads, M)), [&](int64_t m) {
       Shared& sh = shared[m];
       const int64_t S = int64_t(sh.steps.size());
