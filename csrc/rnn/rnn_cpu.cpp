@@ -108,10 +108,12 @@ template <class T>
 struct Buffer {
   T* data = nullptr;
   size_t bytes = 0;
-  explicit Buffer(int64_t n) : bytes(size_t(round_up(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64))) {
+  // zeroed = false: every element is written before it is read (no padding lanes to keep).
+  explicit Buffer(int64_t n, bool zeroed = true)
+      : bytes(size_t(round_up(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64))) {
     data = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (!data) throw std::bad_alloc();
-    zero();
+    if (zeroed) zero();
   }
   void zero() { std::memset(data, 0, bytes); }
   ~Buffer() { std::free(data); }
@@ -574,7 +576,8 @@ void forward_impl(const ForwardParams& p) {
   // prefix; the tiles then copy each of their rows' shared steps out and go on from there.
   struct Shared {
     std::vector<PrefixStep> steps;
-    std::vector<std::unique_ptr<Buffer<T>>> h;  // per step [count, ks]: h_t per prefix,
+    std::unique_ptr<Buffer<T>> h_rows;          // h: per step [count, ks]: h_t per prefix,
+    std::vector<T*> h;                          // (the product writes whole padded rows)
     std::vector<std::vector<int64_t>> pos;      // prefix g's at row pos[t][g]
     std::vector<std::vector<T>> y;              // per step [count, O] (readout steps only)
   };
@@ -609,8 +612,13 @@ void forward_impl(const ForwardParams& p) {
       const int64_t S = int64_t(sh.steps.size());
       if (S == 0) return;
       PrefixLayout lay = lay_out_prefixes(sh.steps, parts);
+      int64_t rows = 0;
+      for (const PrefixStep& step : sh.steps) rows += step.count;
+      sh.h_rows = std::make_unique<Buffer<T>>(rows * ks, false);
+      rows = 0;
       for (int64_t t = 0; t < S; ++t) {
-        sh.h.push_back(std::make_unique<Buffer<T>>(sh.steps[t].count * ks));
+        sh.h.push_back(sh.h_rows->data + rows * ks);
+        rows += sh.steps[t].count;
         sh.y.emplace_back(emit_y(t) ? sh.steps[t].count * O : 0);
       }
       sh.pos = std::move(lay.pos);
@@ -620,11 +628,11 @@ void forward_impl(const ForwardParams& p) {
         const PrefixStep& step = sh.steps[t];
         const int64_t* mem = lay.members[t].data();
         for (int64_t r = lo; r < hi; ++r) init[r - lo] = start[m]->data + (1 + step.token[mem[r]]) * hp;
-        T* out = sh.h[t]->data + lo * ks;
+        T* out = sh.h[t] + lo * ks;
         if (t == 0) {  // h_{-1} = 0: the token's starting row alone
           gemm_tile<T>(hi - lo, 0, out, ks, wcat[m]->data, hp, H, init.data(), out, ks, act);
         } else {
-          const T* prev_h = sh.h[t - 1]->data;
+          const T* prev_h = sh.h[t - 1];
           for (int64_t r = lo; r < hi; ++r)  // each prefix's parent row of h_{t-1}
             copy_row(parents_h.data + (r - lo) * ks, prev_h + sh.pos[t - 1][step.parent[mem[r]]] * ks, hp);
           gemm_tile<T>(hi - lo, H, parents_h.data, ks, wcat[m]->data, hp, H, init.data(), out, ks, act);
@@ -632,12 +640,12 @@ void forward_impl(const ForwardParams& p) {
         if (!sh.y[t].empty())
           for (int64_t r = lo; r < hi; ++r)
             for (int64_t o = 0; o < O; ++o)
-              sh.y[t][mem[r] * O + o] = readout_of(m, sh.h[t]->data + r * ks, o);
+              sh.y[t][mem[r] * O + o] = readout_of(m, sh.h[t] + r * ks, o);
       };
       int64_t widest = 0;
       for (const PrefixStep& step : sh.steps) widest = std::max(widest, step.count);
       const auto run_part = [&](int64_t q) {  // q < 0: the steps before the split, whole
-        Buffer<T> parents_h(widest * ks);
+        Buffer<T> parents_h(widest * ks, false);  // whole padded rows copied in
         std::vector<const T*> init(widest);
         if (q < 0)
           for (int64_t t = 0; t < lay.split; ++t) run_rows(t, 0, sh.steps[t].count, parents_h, init);
@@ -663,7 +671,7 @@ void forward_impl(const ForwardParams& p) {
       if (h0) std::memcpy(src + r * ks, h0 + (m * B + b) * H, H * sizeof(T));
       for (int64_t t = 0; t < shared_steps; ++t) {  // this row's shared steps
         const int64_t g = sh.steps[t].group[b];
-        const T* h = sh.h[t]->data + sh.pos[t][g] * ks;
+        const T* h = sh.h[t] + sh.pos[t][g] * ks;
         if (h_all) copy_row(h_all + ((m * B + b) * T_ + t) * H, h, H);
         if (!sh.y[t].empty()) std::copy_n(sh.y[t].data() + g * O, O, y_row(m, b, t));
         if (t + 1 == shared_steps) copy_row(src + r * ks, h, hp);
