@@ -113,14 +113,14 @@ class ElmanRNN(nn.Module):
         r = self._modules.get("readout", _MISSING)  # as _param does for parameters
         if r is _MISSING:
             r = self.readout
-        if r is not None:  # h_n comes as [1, B, H] from the kernel
-            out = _run(x, _param(self, "weight_ih"), _param(self, "weight_hh"),
-                       _param(self, "bias"), h0, _param(r, "weight"), _param(r, "bias"),
-                       self.activation, outputs, "last", self.backend, True)
-            return out.y, out.h
+        # With a readout, h_n comes as [1, B, H] from the kernel (last_layer_dim).
         out = _run(x, _param(self, "weight_ih"), _param(self, "weight_hh"), _param(self, "bias"),
-                   h0, None, None, self.activation, outputs,
-                   "last" if outputs == "last" else "all", self.backend)
+                   h0, _param(r, "weight") if r is not None else None,
+                   _param(r, "bias") if r is not None else None, self.activation, outputs,
+                   "last" if r is not None or outputs == "last" else "all", self.backend,
+                   r is not None)
+        if r is not None:
+            return out.y, out.h
         if outputs == "last":
             return out.h, out.h.unsqueeze(0)
         return out.h, out.h[:, -1].unsqueeze(0) if out.h.shape[1] > 0 else self._h0_like(out.h, h0)
