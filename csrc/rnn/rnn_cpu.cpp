@@ -122,6 +122,23 @@ struct Buffer {
   T& operator[](int64_t i) { return data[i]; }
 };
 
+// Slot i of a calling thread's kept objects (X has a `shape`): reused while its shape matches
+// (reused = true), else rebuilt. keep = false (too large to keep): a fresh one owned by
+// `local`, this call's. Workers get pointers only, so concurrent callers never share one.
+template <class X, class Make>
+X* kept_or_made(std::vector<std::unique_ptr<X>>& kept, std::vector<std::unique_ptr<X>>& local,
+                int64_t i, bool keep, const decltype(X::shape)& shape, Make make, bool& reused) {
+  reused = false;
+  if (!keep) {
+    local.push_back(make());
+    return local.back().get();
+  }
+  if (int64_t(kept.size()) <= i) kept.resize(i + 1);
+  reused = kept[i] && kept[i]->shape == shape;
+  if (!reused) kept[i] = make();
+  return kept[i].get();
+}
+
 // Float tanh as a clamped odd/even rational function (the minimax fit Eigen uses, a few ulp):
 // a dozen FMAs and one division per vector; libm's tanhf would dominate a step at small H.
 inline vec<float> tanh_vec(vec<float> x) {
@@ -509,16 +526,10 @@ void forward_impl(const ForwardParams& p) {
   std::vector<Buffer<T>*> wcat(M), start(M), wout_p(M);
   {
     const bool keep = M * (K + in_rows + 1 + O) * hp * int64_t(sizeof(T)) <= (int64_t(8) << 20);
-    if (keep && int64_t(kept.size()) < M) kept.resize(M);
     for (int64_t m = 0; m < M; ++m) {
-      Padded* pad;
-      if (!keep) {
-        unkept.push_back(std::make_unique<Padded>(padded_shape));
-        pad = unkept.back().get();
-      } else {
-        if (!kept[m] || kept[m]->shape != padded_shape) kept[m] = std::make_unique<Padded>(padded_shape);
-        pad = kept[m].get();
-      }
+      bool reused;  // either way prepare() refills it whole, padding aside
+      Padded* pad = kept_or_made(kept, unkept, m, keep, padded_shape,
+                                 [&] { return std::make_unique<Padded>(padded_shape); }, reused);
       wcat[m] = &pad->w;
       start[m] = &pad->start;
       wout_p[m] = &pad->out;
@@ -890,19 +901,11 @@ void backward_impl(const BackwardParams& p) {
     const std::array<int64_t, 6> shape{bt, ks, H, hp, I, O};
     const int64_t floats = (I + 2 * O + 2 * H + 2 * OuterSum<T>::kc + 6 * bt) * hp + 2 * bt * ks;
     const bool keep = floats * int64_t(sizeof(T)) <= (int64_t(8) << 20);  // not for huge H or I
-    if (keep && int64_t(cache.size()) < chunks) cache.resize(chunks);
     for (int64_t c = 0; c < chunks; ++c) {
-      if (!keep) {
-        uncached.push_back(std::make_unique<Scratch>(bt, ks, H, hp, I, O));
-        scratch[c] = uncached.back().get();
-        continue;
-      }
-      if (cache[c] && cache[c]->shape == shape) {
-        if (!cache[c]->clean) cache[c]->reset();
-      } else {
-        cache[c] = std::make_unique<Scratch>(bt, ks, H, hp, I, O);
-      }
-      scratch[c] = cache[c].get();
+      bool reused;
+      scratch[c] = kept_or_made(cache, uncached, c, keep, shape,
+                                [&] { return std::make_unique<Scratch>(bt, ks, H, hp, I, O); }, reused);
+      if (reused && !scratch[c]->clean) scratch[c]->reset();
     }
     for (Scratch* sc : scratch) sc->clean = false;
   }
