@@ -1,10 +1,12 @@
 // All pybind11 code. Python validates and allocates; these functions only dispatch, with the
 // GIL released while a kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
 
+#include "cpu_isa.h"
 #include "pairs/pairs.h"
 #include "rnn/rnn.h"
 
@@ -245,6 +247,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("pairs_assign_workspace", &pairs::assign_workspace_bytes);
   m.def("pairs_count_workspace", &pairs::count_workspace_bytes);
   m.def("cuda_device_count", &cuda_device_count);
+  // CPU kernel variants (csrc/cpu_isa.h).
+  m.def("cpu_isas_compiled", &cpu::compiled_isas);
+  m.def("cpu_isas_supported", &cpu::supported_isas);
+  m.def("cpu_isa", &cpu::active_isa);
+  m.def("set_cpu_isa", [](const std::string& name) { cpu::set_isa(name, "isa"); });
 #ifdef GROKFAST_WITH_CUDA
   m.attr("cuda_compiled") = true;
 #else

@@ -24,15 +24,12 @@
 
 #include <sys/mman.h>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
-
 #include "parallel.h"
 #include "pairs/pairs.h"
 #include "pairs/pairs_common.h"
+#include "simd.h"
 
-namespace gf::pairs {
+namespace gf::pairs::GF_CPU_VARIANT {
 namespace {
 
 constexpr int W = 16;       // float32 lanes per vector
@@ -929,4 +926,4 @@ void components_cpu(const ComponentsParams& p) { components_impl(p); }
 void count_cpu(const CountParams& p) { count_impl(p); }
 void assign_cpu(const AssignParams& p) { assign_impl(p); }
 
-}  // namespace gf::pairs
+}  // namespace gf::pairs::GF_CPU_VARIANT

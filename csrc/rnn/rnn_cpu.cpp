@@ -16,15 +16,12 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
-
 #include "parallel.h"
 #include "rnn/rnn.h"
 #include "rnn/rnn_common.h"
+#include "simd.h"
 
-namespace gf::rnn {
+namespace gf::rnn::GF_CPU_VARIANT {
 namespace {
 
 template <class T>
@@ -1129,4 +1126,4 @@ void backward_cpu(const BackwardParams& p) {
     backward_impl<float>(p);
 }
 
-}  // namespace gf::rnn
+}  // namespace gf::rnn::GF_CPU_VARIANT

@@ -1,0 +1,118 @@
+// Vectors for the CPU kernels. CMake compiles each CPU kernel file once per instruction set
+// (x86-64 baseline, AVX2+FMA, AVX-512; NEON on Arm), each with its own -march; this header turns
+// the compiler's ISA macros into the vector width and register count the kernels block for, and
+// names the variant. Everything a kernel file defines lives in namespace GF_CPU_VARIANT (and
+// these helpers in an inline namespace of that name), so the variants' symbols never merge.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define GF_CPU_VARIANT avx512
+#define GF_VECTOR_BYTES 64
+#define GF_VECTOR_REGISTERS 32
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define GF_CPU_VARIANT avx2
+#define GF_VECTOR_BYTES 32
+#define GF_VECTOR_REGISTERS 16
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define GF_CPU_VARIANT neon
+#define GF_VECTOR_BYTES 16
+#define GF_VECTOR_REGISTERS 32
+#else  // x86-64 baseline (SSE2) and anything else: 16-byte vectors on 16 registers
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#define GF_CPU_VARIANT baseline
+#define GF_VECTOR_BYTES 16
+#define GF_VECTOR_REGISTERS 16
+#endif
+
+#define GF_STRINGIFY_(x) #x
+#define GF_STRINGIFY(x) GF_STRINGIFY_(x)
+#define GF_CPU_VARIANT_NAME GF_STRINGIFY(GF_CPU_VARIANT)
+
+namespace gf::simd {
+inline namespace GF_CPU_VARIANT {
+
+constexpr int kBytes = GF_VECTOR_BYTES;
+constexpr int kRegisters = GF_VECTOR_REGISTERS;
+
+template <class T, int Bytes>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+// A whole vector of T, and one of a given byte width (half vectors for ragged row ends).
+template <class T>
+using vec = typename VectorOf<T, kBytes>::type;
+template <class T, int Bytes>
+using vec_n = typename VectorOf<T, Bytes>::type;
+template <class T>
+constexpr int lanes = kBytes / int(sizeof(T));
+
+template <class V, class T>  // an unaligned load of any vector type
+inline V load_as(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline vec<T> load(const T* p) {
+  return load_as<vec<T>>(p);
+}
+template <class T, class V>
+inline void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+// s - 0 is s for every s (s + 0 is not, for -0), so this folds into a plain broadcast.
+template <class T, int Bytes = kBytes>
+inline vec_n<T, Bytes> splat(T s) {
+  return s - vec_n<T, Bytes>{};
+}
+// Elementwise min and max in the form the compilers turn into one instruction (minps/maxps:
+// the second operand where the first is NaN).
+template <class V>
+inline V min(V a, V b) {
+  return a < b ? a : b;
+}
+template <class V>
+inline V max(V a, V b) {
+  return a > b ? a : b;
+}
+
+// Sum of the lanes, halving the width: the compilers emit extract + add per level.
+template <class T, int Bytes = kBytes>
+inline T horizontal_sum(vec_n<T, Bytes> v) {
+  if constexpr (Bytes == int(sizeof(T))) {
+    return v[0];
+  } else {
+    vec_n<T, Bytes / 2> lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return horizontal_sum<T, Bytes / 2>(lo + hi);
+  }
+}
+
+// Bit l set where lane l of a comparison mask (all ones or zero per lane) is set.
+inline uint32_t mask_bits(vec<int32_t> m) {
+#if defined(__AVX512F__) && GF_VECTOR_BYTES == 64
+  return _mm512_cmpneq_epi32_mask(reinterpret_cast<__m512i>(m), _mm512_setzero_si512());
+#elif defined(__AVX2__) && GF_VECTOR_BYTES == 32
+  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(m))));
+#elif defined(__SSE2__) && GF_VECTOR_BYTES == 16
+  return uint32_t(_mm_movemask_ps(_mm_castsi128_ps(reinterpret_cast<__m128i>(m))));
+#elif defined(__aarch64__) && GF_VECTOR_BYTES == 16
+  const uint32x4_t weights = {1, 2, 4, 8};
+  return vaddvq_u32(vandq_u32(reinterpret_cast<uint32x4_t>(m), weights));
+#else
+  uint32_t b = 0;
+  for (int l = 0; l < lanes<int32_t>; ++l) b |= uint32_t(m[l] != 0) << l;
+  return b;
+#endif
+}
+
+}  // namespace GF_CPU_VARIANT
+}  // namespace gf::simd
