@@ -96,21 +96,24 @@ inline T horizontal_sum(vec_n<T, Bytes> v) {
   }
 }
 
-// Bit l set where lane l of a comparison mask (all ones or zero per lane) is set.
+// Bit l set where lane l is nonzero (comparison masks, 0/1 flags).
 inline uint32_t mask_bits(vec<int32_t> m) {
 #if defined(__AVX512F__) && GF_VECTOR_BYTES == 64
   return _mm512_cmpneq_epi32_mask(reinterpret_cast<__m512i>(m), _mm512_setzero_si512());
-#elif defined(__AVX2__) && GF_VECTOR_BYTES == 32
-  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(m))));
+#else
+  const vec<int32_t> set = m != 0;  // all ones or zero per lane
+#if defined(__AVX2__) && GF_VECTOR_BYTES == 32
+  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(set))));
 #elif defined(__SSE2__) && GF_VECTOR_BYTES == 16
-  return uint32_t(_mm_movemask_ps(_mm_castsi128_ps(reinterpret_cast<__m128i>(m))));
+  return uint32_t(_mm_movemask_ps(_mm_castsi128_ps(reinterpret_cast<__m128i>(set))));
 #elif defined(__aarch64__) && GF_VECTOR_BYTES == 16
   const uint32x4_t weights = {1, 2, 4, 8};
-  return vaddvq_u32(vandq_u32(reinterpret_cast<uint32x4_t>(m), weights));
+  return vaddvq_u32(vandq_u32(reinterpret_cast<uint32x4_t>(set), weights));
 #else
   uint32_t b = 0;
-  for (int l = 0; l < lanes<int32_t>; ++l) b |= uint32_t(m[l] != 0) << l;
+  for (int l = 0; l < lanes<int32_t>; ++l) b |= uint32_t(set[l] != 0) << l;
   return b;
+#endif
 #endif
 }
 

@@ -261,7 +261,7 @@ def test_components_group_bounds_and_many_chunks(backend):
         assert stats["groups"] < len(x) / 2  # the leader pass formed multi-point groups
 
 
-def test_components_is_independent_of_threads(monkeypatch):
+def test_components_is_independent_of_threads(cpu_isa, monkeypatch):
     x, _ = ring_of_blobs()
     expected = dbscan(x, 1.0)
     for threads in ("1", "2"):
@@ -492,7 +492,7 @@ def test_inputs_that_require_grad():
     assert pairs.count_pairs(x, 1.0).item() == ref.count_pairs_reference(x.detach(), 1.0).item()
 
 
-def test_huge_dimension_recomputes_every_pair():
+def test_huge_dimension_recomputes_every_pair(cpu_isa):
     """Above 10^6 dimensions the float32 bound is not used: every pair is decided in float64."""
     x = torch.zeros(3, 1_000_001)
     x[1, 0] = 1.0

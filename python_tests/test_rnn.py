@@ -187,7 +187,7 @@ def test_emulated_tile_override_rejects_bad_value(monkeypatch):
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("outputs", ["all", "last"])
-def test_gradcheck_float64(tokens, activation, outputs):
+def test_gradcheck_float64(cpu_isa, tokens, activation, outputs):
     a = make(4, 3, 5, tokens=tokens, dtype=torch.float64, scale=1.5)
     names = ["w_ih", "w_hh", "bias", "h0", "w_out", "b_out"] + ([] if tokens else ["x"])
     for k in names:
@@ -418,7 +418,7 @@ def test_custom_op_path_matches_eager_path():
 
 
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
-def test_gradients_many_models_on_two_threads(tokens):
+def test_gradients_many_models_on_two_threads(cpu_isa, tokens):
     # Big enough for both CPU threads, each running tiles of several models: the per-thread sums
     # must move to the right model's gradients, and a second call must start from zero.
     M = 3
@@ -437,7 +437,7 @@ def test_gradients_many_models_on_two_threads(tokens):
 
 
 @pytest.mark.parametrize("M", [None, 3])
-def test_cpu_gradients_are_deterministic(M):
+def test_cpu_gradients_are_deterministic(cpu_isa, M):
     # The weight-gradient sums over batch tiles run on two threads; their order must not depend
     # on which thread finished first (a seeded run gives the same trajectory every time).
     a = make(100, 128, 12, tokens=True, M=M)

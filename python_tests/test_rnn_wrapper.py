@@ -121,7 +121,7 @@ def test_kernels_read_w_ih_with_either_layout(backend):
 
 
 @pytest.mark.parametrize("B,threads", [(5, "1"), (40, "2")])
-def test_cpu_backward_overwrites_its_sums(B, threads, monkeypatch):
+def test_cpu_backward_overwrites_its_sums(cpu_isa, B, threads, monkeypatch):
     # The CPU kernel's weight-gradient sums are allocated without a fill: whatever the buffers
     # held before (NaN here) must not leak into the gradients. On two threads the first of the
     # model's two chunks stores its sums and the second adds to them.
@@ -161,7 +161,7 @@ def token_problem(vocab, B, T, M, H):
 @pytest.mark.parametrize("vocab,B,T,M,outputs", [(2, 129, 12, 1, "all"), (3, 40, 7, 2, "all"),
                                                   (2, 64, 3, 3, "last"), (2, 1, 5, 1, "all"),
                                                   (5, 300, 4, 1, "all")])
-def test_prefix_sharing_is_exact(vocab, B, T, M, outputs, threads, monkeypatch):
+def test_prefix_sharing_is_exact(cpu_isa, vocab, B, T, M, outputs, threads, monkeypatch):
     # From h0 = None the CPU forward runs the early steps once per distinct token prefix (on
     # two threads, one model's prefix subtrees are split between them); an explicit zero h0
     # takes the plain path. Both must agree bit for bit, and with the reference.
@@ -177,7 +177,7 @@ def test_prefix_sharing_is_exact(vocab, B, T, M, outputs, threads, monkeypatch):
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("vocab,B,T,M", [(2, 129, 12, 1), (3, 40, 7, 2), (2, 70, 9, 3)])
-def test_prefix_sharing_gradients(vocab, B, T, M, threads, monkeypatch):
+def test_prefix_sharing_gradients(cpu_isa, vocab, B, T, M, threads, monkeypatch):
     # The CPU backward sums dW_hh's outer products per token prefix of h_{t-1} (from h0 = None;
     # on two threads each chunk of rows finds its own prefixes): every weight gradient must
     # match the reference's autograd.
@@ -216,7 +216,7 @@ def test_elman_h_n_from_the_kernel_on_both_paths():
     close(h_c, h_n)
 
 
-def test_cpu_forward_keeps_no_stale_padding_between_shapes():
+def test_cpu_forward_keeps_no_stale_padding_between_shapes(cpu_isa):
     # The CPU forward keeps its padded weight copies between calls of one shape. H = 20, I = 5
     # and H = 17, I = 8 have the same padded size (K = 25 rows of 32 columns): the second call
     # must not read the first one's columns 17..19 as its padding.

@@ -1,6 +1,7 @@
 // CPU backend of the pair kernels. Distances come from register-blocked float32 dot-product
-// tiles (6 rows x 4 vectors of 16 columns, like the RNN GEMM) on centred, scaled copies of the
-// points, with the guard band of pairs_common.h deciding which pairs are recomputed in float64.
+// tiles of 64 x 64 points (register blocks of 6 rows x 4 vectors of columns on 32 registers,
+// 6 x 2 on 16, like the RNN GEMM) on centred, scaled copies of the points, with the guard band of
+// pairs_common.h deciding which pairs are recomputed in float64.
 //
 // components: a leader pass first covers each chunk of points greedily (a point within eps of an
 // existing leader joins its group; the edge to the leader is real, so a group is connected) and
@@ -32,38 +33,23 @@
 namespace gf::pairs::GF_CPU_VARIANT {
 namespace {
 
-constexpr int W = 16;       // float32 lanes per vector
-constexpr int kTile = 64;   // points (or groups) per tile side: 4 vectors
+constexpr int W = simd::lanes<float>;  // float32 lanes per vector
+constexpr int kTile = 64;   // points (or groups) per tile side
+constexpr int kTilePanels = kTile / W;  // vectors of columns per tile side
 constexpr int kMaxLeaders = 512;   // per chunk
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+using vf = simd::vec<float>;
+using vi = simd::vec<int32_t>;
+using simd::splat;
 
-inline vf loadf(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline vi loadi(const int32_t* p) {
-  vi v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline vf splat(float s) { return vf{} + s; }
+inline vf loadf(const float* p) { return simd::load(p); }
+inline vi loadi(const int32_t* p) { return simd::load(p); }
 inline vi iota_from(int64_t base) {
-  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  vi lane;
+  for (int l = 0; l < W; ++l) lane[l] = l;
   return lane + int32_t(base);
 }
-
 // Bit l set where lane l of a comparison mask is true.
-inline uint32_t lanes(vi m) {
-#ifdef __AVX512F__
-  return _mm512_cmpneq_epi32_mask(reinterpret_cast<__m512i>(m), _mm512_setzero_si512());
-#else
-  uint32_t b = 0;
-  for (int l = 0; l < W; ++l) b |= uint32_t(m[l] != 0) << l;
-  return b;
-#endif
-}
+inline uint32_t lanes(vi m) { return simd::mask_bits(m); }
 
 template <class T>
 struct Buffer {
@@ -218,7 +204,7 @@ void scale_points(const Points& x, const Frame& f, Scaled& out, int threads) {
   });
 }
 
-// Columns in the layout the tiles read: [ceil(n / 16)][D][16], one vector per dimension.
+// Columns in the layout the tiles read: [ceil(n / W)][D][W], one vector per dimension.
 // Padding lanes (past the end, or where index_of gives -1) get norm +inf (so t = +inf: never
 // within) and guard 0.
 struct Panels {
@@ -294,7 +280,7 @@ void scale_into_panels(const Points& x, const Frame& f, const std::vector<int64_
 }
 
 // ---------------------------------------------------------------------------------------------
-// Register-blocked tiles: acc[r][v] = <row r, the 16 columns of panel v>.
+// Register-blocked tiles: acc[r][v] = <row r, the W columns of panel v>.
 
 // rows[r][k * rs]: rs = 1 for row-major points, W for rows read out of panels.
 template <int MR, int NV>
@@ -313,25 +299,36 @@ inline void dots(int64_t D, const float* const* rows, int64_t rs, const float* p
 }
 
 template <int MR, int NV, class Epi>
-inline void run_block(int64_t D, const float* const* rows, int64_t rs, int64_t r0, const float* panels, Epi& epi) {
+inline void run_block(int64_t D, const float* const* rows, int64_t rs, int64_t r0, const float* panels,
+                      int v0, Epi& epi) {
   vf acc[MR][NV];
-  dots<MR, NV>(D, rows + r0, rs, panels, acc);
+  dots<MR, NV>(D, rows + r0, rs, panels + v0 * D * W, acc);
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) epi(r0 + r, v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) epi(r0 + r, v0 + v, acc[r][v]);
 }
+
+// Panels per register block of MR rows: MR * NV accumulators, NV panel vectors and a broadcast
+// fit the registers (6 rows x 4 panels on 32 registers, 6 x 2 on 16).
+template <int MR>
+constexpr int kBlockPanels = std::min({8, kTilePanels, (simd::kRegisters - 1) / (MR + 1)});
 
 template <int MR, class Epi>
 inline void run_rows(int64_t D, const float* const* rows, int64_t rs, int64_t r0, const float* panels, int np, Epi& epi) {
-  switch (np) {
-    case 4: return run_block<MR, 4>(D, rows, rs, r0, panels, epi);
-    case 3: return run_block<MR, 3>(D, rows, rs, r0, panels, epi);
-    case 2: return run_block<MR, 2>(D, rows, rs, r0, panels, epi);
-    default: return run_block<MR, 1>(D, rows, rs, r0, panels, epi);
+  constexpr int NB = kBlockPanels<MR>;
+  for (int v0 = 0; v0 < np; v0 += NB) {
+    switch (std::min(NB, np - v0)) {
+#define GF_CASE(nv)                                                                   \
+  case nv:                                                                            \
+    if constexpr (nv <= NB) run_block<MR, nv>(D, rows, rs, r0, panels, v0, epi);      \
+    break;
+      GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
+#undef GF_CASE
+    }
   }
 }
 
-// epi(r, v, dot) for rows [0, nrows) and panels [0, np) (np <= 4); for each row the panels come
-// in ascending order.
+// epi(r, v, dot) for rows [0, nrows) and panels [0, np) (np <= kTilePanels); for each row the
+// panels come in ascending order.
 template <class Epi>
 void tile(int64_t D, const float* const* rows, int64_t nrows, const float* panels, int np, Epi&& epi,
           int64_t rs = 1) {
@@ -430,7 +427,7 @@ void leader_pass(const Scaled& s, const Decider& dec, Chunk& c, int64_t* group_l
   // Leader budget: kMaxLeaders, fewer when their panels would exceed 64 MB (huge D).
   const int64_t max_leaders =
       std::clamp<int64_t>((int64_t(1) << 24) / std::max<int64_t>(D, 1) / W * W, W, kMaxLeaders);
-  std::vector<float> panels;  // grows one panel of 16 leaders at a time, zero padded
+  std::vector<float> panels;  // grows one panel of W leaders at a time, zero padded
   std::vector<float> lnorm(max_leaders, INFINITY), lgx(max_leaders, 0.f);
   std::vector<int64_t> leader_head(max_leaders);
   const float lo = dec.lo;
@@ -450,7 +447,7 @@ void leader_pass(const Scaled& s, const Decider& dec, Chunk& c, int64_t* group_l
       for (int64_t r = 0; r < rows; ++r) pending[r] = r;
       for (int64_t q = 0; q < L && npend > 0; q += kTile) {
         for (int64_t k = 0; k < npend; ++k) rowp[k] = s.xs.data + (b0 + pending[k]) * D;
-        const int np = int(std::min<int64_t>(4, ceil_div(L - q, W)));
+        const int np = int(std::min<int64_t>(kTilePanels, ceil_div(L - q, W)));
         tile(D, rowp, npend, panels.data() + q * D, np, [&](int64_t k, int v, vf dot) {
           const int64_t r = pending[k];
           if (first[r] >= 0) return;
@@ -563,7 +560,7 @@ void components_impl(const ComponentsParams& p) {
   const UnionFind uf{parent.data()};
   const float* xd = reinterpret_cast<const float*>(p.x.data);
 
-  // Members in group order as 16-wide panels, for the member checks below.
+  // Members in group order as W-wide panels, for the member checks below.
   Panels mp;
   if (G < N) pack(s, N, [&](int64_t j) { return members[j]; }, mp, threads);
   const float lo0 = dec.lo, hi0 = dec.hi;
@@ -576,7 +573,7 @@ void components_impl(const ComponentsParams& p) {
       const int64_t nr = std::min<int64_t>(kTile, npts - r0);
       for (int64_t r = 0; r < nr; ++r) rowp[r] = s.xs.data + pts[r0 + r] * D;
       for (int64_t q = pos0 / W * W; q < pos1 && !found; q += kTile) {
-        const int np = int(std::min<int64_t>(4, ceil_div(pos1 - q, W)));
+        const int np = int(std::min<int64_t>(kTilePanels, ceil_div(pos1 - q, W)));
         tile(D, rowp, nr, mp.panel(q / W), np, [&](int64_t r, int v, vf dot) {
           if (found) return;
           const int64_t i = pts[r0 + r], jb = q + v * W;
@@ -618,7 +615,7 @@ void components_impl(const ComponentsParams& p) {
       const float reach = group_hi(e, rho[B]);
       const float* rowp[1] = {s.xs.data + lb * D};
       for (int64_t q = pos0 / W * W; q < pos1; q += kTile) {
-        const int np = int(std::min<int64_t>(4, ceil_div(pos1 - q, W)));
+        const int np = int(std::min<int64_t>(kTilePanels, ceil_div(pos1 - q, W)));
         tile(D, rowp, 1, mp.panel(q / W), np, [&](int64_t, int v, vf dot) {
           const int64_t jb = q + v * W;
           const vf t = (splat(s.norm[lb]) + loadf(mp.norm.data + jb)) - dot * 2.f;
@@ -730,7 +727,7 @@ void count_impl(const CountParams& p) {
     eps2[k] = radii[k] * radii[k];
     hi_max = std::max(hi_max, hi[k]);
   }
-  // Group labels as dense int32 ids, so 16 of them fit a vector.
+  // Group labels as dense int32 ids, so W of them fit a vector.
   Buffer<int32_t> lab(ceil_div(N, W) * W + W);
   if (grouped) {
     const int64_t* gl = reinterpret_cast<const int64_t*>(p.groups);
@@ -891,7 +888,7 @@ void assign_impl(const AssignParams& p) {
     }
     int64_t exact = 0;
     for (int64_t q = 0; q < C; q += kTile) {
-      const int np = int(std::min<int64_t>(4, ceil_div(C - q, W)));
+      const int np = int(std::min<int64_t>(kTilePanels, ceil_div(C - q, W)));
       tile(D, rowp, ni, pc.panel(q / W), np, [&](int64_t r, int v, vf dot) {
         const int64_t i = i0 + r, jb = q + v * W;
         const vf t = (splat(sx.norm[i]) + loadf(pc.norm.data + jb)) - dot * 2.f;

@@ -24,31 +24,20 @@
 namespace gf::rnn::GF_CPU_VARIANT {
 namespace {
 
+using simd::load;
+using simd::load_as;
+using simd::splat;
+using simd::store;
+using simd::vec;
 template <class T>
-struct Simd {
-  static constexpr int N = 64 / int(sizeof(T));
-  typedef T V __attribute__((vector_size(64)));
-  typedef T HV __attribute__((vector_size(32)));
-};
+constexpr int kLanes = simd::lanes<T>;
+// Half a vector, for the ragged end of a padded row (H = 100 in 16-lane vectors leaves 4
+// lanes); with 2-lane vectors (double on 16 bytes) rows are whole vectors only.
 template <class T>
-using vec = typename Simd<T>::V;
+constexpr bool kHalves = kLanes<T> >= 4;
 template <class T>
-using hvec = typename Simd<T>::HV;  // half a vector: the last columns of H = 100 are 4 lanes
+using hvec = simd::vec_n<T, simd::kBytes / 2>;
 
-template <class V, class T>  // an unaligned load of a whole or half vector
-inline V load_as(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class T>
-inline vec<T> load(const T* p) {
-  return load_as<vec<T>>(p);
-}
-template <class T>
-inline void store(T* p, vec<T> v) {
-  std::memcpy(p, &v, sizeof v);
-}
 template <class T>
 inline hvec<T> low_half(vec<T> v) {
   hvec<T> h;
@@ -61,22 +50,27 @@ inline vec<T> widen(hvec<T> h) {  // upper half zero
   std::memcpy(&v, &h, sizeof h);
   return v;
 }
-// dst[0:n] = src[0:n] with vector moves and a masked tail: the rows are a few hundred bytes,
+// dst[0:n] = src[0:n] with vector moves and a short tail: the rows are a few hundred bytes,
 // where a libc memcpy call costs as much as the copy.
 template <class T>
 inline void copy_row(T* dst, const T* src, int64_t n) {
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   int64_t j = 0;
   for (; j + N <= n; j += N) store(dst + j, load(src + j));
   if (j == n) return;
-#ifdef __AVX512F__
+#if GF_VECTOR_BYTES == 64
   if constexpr (std::is_same_v<T, float>) {
     const __mmask16 m = __mmask16((1u << (n - j)) - 1);
     _mm512_mask_storeu_ps(dst + j, m, _mm512_maskz_loadu_ps(m, src + j));
     return;
   }
 #endif
-  std::memcpy(dst + j, src + j, (n - j) * sizeof(T));
+  if constexpr (kHalves<T>)
+    if (j + N / 2 <= n) {
+      store(dst + j, load_as<hvec<T>>(src + j));
+      j += N / 2;
+    }
+  for (; j < n; ++j) dst[j] = src[j];
 }
 
 // dst[c * dst_ld + r] = src[r * row_stride + c * col_stride] for a rows x cols source, in
@@ -91,11 +85,6 @@ void transpose_into(T* dst, int64_t dst_ld, const T* src, int64_t rows, int64_t 
       for (int64_t c = c0; c < std::min(c0 + blk, cols); ++c)
         for (int64_t r = r0; r < std::min(r0 + blk, rows); ++r)
           dst[c * dst_ld + r] = src[r * row_stride + c * col_stride];
-}
-
-template <class T>
-inline vec<T> splat(T s) {
-  return vec<T>{} + s;
 }
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -139,13 +128,8 @@ X* kept_or_made(std::vector<std::unique_ptr<X>>& kept, std::vector<std::unique_p
 // Float tanh as a clamped odd/even rational function (the minimax fit Eigen uses, a few ulp):
 // a dozen FMAs and one division per vector; libm's tanhf would dominate a step at small H.
 inline vec<float> tanh_vec(vec<float> x) {
-#ifdef __AVX512F__
-  x = reinterpret_cast<vec<float>>(_mm512_min_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(7.90531110763549805f)));
-  x = reinterpret_cast<vec<float>>(_mm512_max_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(-7.90531110763549805f)));
-#else
-  x = x > 7.90531110763549805f ? splat(7.90531110763549805f) : x;
-  x = x < -7.90531110763549805f ? splat(-7.90531110763549805f) : x;
-#endif
+  x = simd::min(x, splat(7.90531110763549805f));
+  x = simd::max(x, splat(-7.90531110763549805f));
   const vec<float> x2 = x * x;
   vec<float> p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = p * x2 - 8.60467152213735e-11f;
@@ -156,7 +140,7 @@ inline vec<float> tanh_vec(vec<float> x) {
   vec<float> q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-#ifdef __AVX512F__
+#if GF_VECTOR_BYTES == 64
   // Reciprocal estimate plus one Newton step: ~1 ulp, without the slow vector division.
   vec<float> r = reinterpret_cast<vec<float>>(_mm512_rcp14_ps(reinterpret_cast<__m512>(q)));
   r = r * (2.0f - q * r);
@@ -175,7 +159,7 @@ inline vec<T> apply(Epilogue e, vec<T> v) {
     if constexpr (std::is_same_v<T, float>) {
       return tanh_vec(v);
     } else {
-      for (int i = 0; i < Simd<T>::N; ++i) v[i] = std::tanh(v[i]);
+      for (int i = 0; i < kLanes<T>; ++i) v[i] = std::tanh(v[i]);
     }
   }
   return v;
@@ -188,7 +172,7 @@ inline vec<T> apply(Epilogue e, vec<T> v) {
 template <class T, int MR, int NV, bool KMajor, bool Half>
 inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t w_ld,
                        const T* const* init, int64_t col, T* out, int64_t out_ld, Epilogue e) {
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   constexpr int NF = Half ? NV - 1 : NV;  // full vectors
   vec<T> acc[MR][NF > 0 ? NF : 1];
   hvec<T> tail[MR];
@@ -217,10 +201,12 @@ inline void gemm_block(int64_t K, const T* src, int64_t src_ld, const T* w, int6
 template <class T, int MR, bool KMajor>
 void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, int64_t width,
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
-  constexpr int N = Simd<T>::N;
-  constexpr int NB = MR <= 2 ? 8 : 4;  // MR * NB accumulators + NB weights fit 32 registers
+  constexpr int N = kLanes<T>;
+  // MR * NB accumulators, NB weight vectors and a broadcast fit the registers: 6 rows x 4
+  // vectors on 32 registers, 6 x 2 on 16.
+  constexpr int NB = std::min(8, (simd::kRegisters - 1) / (MR + 1));
   const int64_t nvec = hp / N;
-  const bool half = width <= hp - N / 2;
+  const bool half = kHalves<T> && width <= hp - N / 2;
   for (int64_t c = 0; c < nvec; c += NB) {
     const int64_t col = c * N;
     const int64_t nb = std::min<int64_t>(NB, nvec - c);
@@ -229,9 +215,10 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, 
 #define GF_CASE(nv)                                                                          \
   case nv:                                                                                   \
     if constexpr (nv <= NB) {                                                                \
-      if (last_half)                                                                         \
-        gemm_block<T, MR, nv, KMajor, true>(K, src, src_ld, w, hp, init, col, out, out_ld, e);  \
-      else                                                                                   \
+      if (last_half) {                                                                       \
+        if constexpr (kHalves<T>)                                                            \
+          gemm_block<T, MR, nv, KMajor, true>(K, src, src_ld, w, hp, init, col, out, out_ld, e); \
+      } else                                                                                 \
         gemm_block<T, MR, nv, KMajor, false>(K, src, src_ld, w, hp, init, col, out, out_ld, e); \
     }                                                                                        \
     break;
@@ -263,27 +250,11 @@ void gemm_tile(int64_t rows, int64_t K, const T* src, int64_t src_ld, const T* w
 }
 
 template <class T>
-inline T horizontal_sum(vec<T> v) {
-#ifdef __AVX512F__
-  if constexpr (std::is_same_v<T, float>)
-    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-  else
-    return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
-#else
-  T lanes[Simd<T>::N];
-  std::memcpy(lanes, &v, sizeof v);
-  for (int width = Simd<T>::N / 2; width > 0; width /= 2)
-    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
-  return lanes[0];
-#endif
-}
-
-template <class T>
 T dot_padded(const T* a, const T* b, int64_t hp) {
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   vec<T> acc{};
   for (int64_t j = 0; j < hp; j += N) acc += load(a + j) * load(b + j);
-  return horizontal_sum<T>(acc);
+  return simd::horizontal_sum<T>(acc);
 }
 
 // Per-tile state of TrackParams: the tracked and target machines stepped alongside each row.
@@ -313,7 +284,7 @@ struct Tracker {
   }
 
   void step(int64_t r, int64_t t, const T* h, int64_t symbol) {
-    constexpr int N = Simd<T>::N;
+    constexpr int N = kLanes<T>;
     int64_t nearest = -1;
     T best = std::numeric_limits<T>::infinity();
     for (int64_t s = 0; s < p->S; ++s) {
@@ -323,7 +294,7 @@ struct Tracker {
         const vec<T> d = load(h + j) - load(c + j);
         acc += d * d;
       }
-      const T d2 = horizontal_sum<T>(acc);
+      const T d2 = simd::horizontal_sum<T>(acc);
       if (d2 < best) best = d2, nearest = s;
     }
     int64_t& qm = q_machine[r];
@@ -479,7 +450,7 @@ inline PrefixLayout lay_out_prefixes(const std::vector<PrefixStep>& steps, int64
 
 template <class T>
 void forward_impl(const ForwardParams& p) {
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   const int64_t M = p.M, B = p.B, T_ = p.T, I = p.I, H = p.H, O = p.O;
   if (M == 0 || B == 0 || T_ == 0) {
     // Nothing to run; the last hidden state is h0 when T == 0.
@@ -748,7 +719,7 @@ inline vec<T> activation_grad_vec(Activation a, vec<T> h) {
 template <class T, int NV, bool Scaled>
 inline void add_row_sum_block(T* dst, const T* const* rows, const T* scales, int64_t count,
                               int64_t j0) {
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   vec<T> acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = vec<T>{};
   for (int64_t i = 0; i < count; ++i) {
@@ -764,7 +735,7 @@ inline void add_row_sum_block(T* dst, const T* const* rows, const T* scales, int
 }
 template <class T>
 inline void add_row_sum(T* dst, int64_t n, const T* const* rows, const T* scales, int64_t count) {
-  constexpr int N = Simd<T>::N, NB = 8;
+  constexpr int N = kLanes<T>, NB = 8;
   for (int64_t j0 = 0; j0 < n; j0 += NB * N) {
     switch (std::min<int64_t>(NB, (n - j0) / N)) {
 #define GF_CASE(nv)                                                              \
@@ -825,7 +796,7 @@ void backward_impl(const BackwardParams& p) {
     zero(p.d_w_hh, M * H * H);
     return;
   }
-  constexpr int N = Simd<T>::N;
+  constexpr int N = kLanes<T>;
   const int64_t hp = round_up(H, N);
   const T* states = reinterpret_cast<const T*>(p.states);
   const T* w_hh = reinterpret_cast<const T*>(p.w_hh);
