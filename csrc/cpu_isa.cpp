@@ -25,7 +25,7 @@
   }
 #define GF_VARIANT_ENTRY(v, runnable)                                                      \
   Kernels {                                                                                \
-    #v, runnable, &gf::rnn::v::forward_cpu, &gf::rnn::v::backward_cpu,                     \
+    GF_STRINGIFY(v), runnable, &gf::rnn::v::forward_cpu, &gf::rnn::v::backward_cpu,                     \
         &gf::pairs::v::components_cpu, &gf::pairs::v::assign_cpu, &gf::pairs::v::count_cpu \
   }
 
