@@ -8,6 +8,7 @@ sequences at each of the lengths 25, 50, 100, 250, 1000, 2500, 10000.
     python bench/parity_e2e.py                  # 20 epochs
     python bench/parity_e2e.py --epochs 5       # smoke run
     python bench/parity_e2e.py --device cuda    # GPU: against cuDNN
+    python bench/parity_e2e.py --isa avx2       # grokfast's AVX2 kernels, torch capped alike
 
 PyTorch side: what a user writes: torch.nn.RNN + nn.Linear with autograd on one-hot inputs
 (encoded once, outside the timing), evaluation with nn.RNN under no_grad. grokfast side: the
@@ -18,9 +19,10 @@ the check before timing compares their first-epoch losses and metrics.
 
 from __future__ import annotations
 
+import _machine  # first: caps the peers' instruction sets (--isa) before torch loads
+
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -105,7 +107,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-run", action="store_true",
                     help="skip timing the full run_parity (run directory, checkpoints, figures)")
+    _machine.add_isa_argument(ap)
     args = ap.parse_args()
+    _machine.select_isa(args)
     if args.epochs < 1:
         ap.error("--epochs: expected a positive integer")
     device = torch.device(args.device)
@@ -126,10 +130,7 @@ def main() -> None:
                            generator=torch.Generator().manual_seed(cfg.seed), device=device)
         return ours, TorchParityRNN(ours)
 
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"Machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"grokfast {grokfast.__version__}")
+    print(_machine.machine_line(args.device))
     print(f"Protocol: {task.num_train} training sequences (lengths 1..{cfg.max_length}, batch "
           f"{cfg.batch_size}), H = {cfg.hidden}, evaluation {cfg.eval_count} x "
           f"{list(cfg.eval_lengths)} every epoch, {args.epochs} epochs, device {device}")

@@ -1,29 +1,38 @@
 """Throughput of grokfast's fused Elman RNN against what a user would run instead:
-torch.nn.RNN (+ nn.Linear readout) and a hand-written torch loop (matmul + activation per step),
-in the same process, reported as ratios.
+torch.nn.RNN (+ nn.Linear readout), a hand-written torch loop (matmul + activation per step) and
+the same loop jitted with numba, in the same process, reported as ratios.
 
     python bench/rnn.py                 # full table (a few minutes on 2 cores)
     python bench/rnn.py --quick         # shorter sequences, for a smoke run
     python bench/rnn.py --device cuda   # GPU: against cuDNN
     python bench/rnn.py --markdown out.md
     python bench/rnn.py --training      # the training step only (its own process: quieter)
+    python bench/rnn.py --isa avx2      # grokfast's AVX2 kernels, torch/numpy/numba capped alike
 
-Every configuration is checked for agreement with both baselines before it is timed. Baselines
+Every configuration is checked for agreement with each baseline before it is timed. Baselines
 whose outputs would not fit in memory at T = 10,000 are timed on a shorter prefix and compared
 per step (the cost of a step does not depend on T); the table says which T each one ran.
 """
 
 from __future__ import annotations
 
+import _machine  # first: caps the peers' instruction sets (--isa) before torch/numpy load
+
 import argparse
-import os
-import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import grokfast
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # in the bench extra; without it the numba columns read "-"
+    numba, prange = None, range
+    njit = lambda **_: lambda f: f  # noqa: E731
 
 VOCAB, OUT = 2, 2  # one-hot binary input and two readout units, as in streaming parity
 
@@ -77,8 +86,54 @@ def sgemm_rates(device: str, n: int = 2048) -> dict[str, float]:
     return rates
 
 
+@njit(fastmath=False, cache=False)
+def numba_rnn_one(x, emb, w_hh_t, bias, w_out_t, b_out):
+    """B = 1: one np.dot (BLAS) per step, faster than hand loops there."""
+    B, T = x.shape
+    H = w_hh_t.shape[0]
+    h = np.zeros((B, H), np.float32)
+    y = np.empty((B, T, w_out_t.shape[1]), np.float32)
+    for t in range(T):
+        pre = np.dot(h, w_hh_t)
+        for b in range(B):
+            e = emb[x[b, t]]
+            for i in range(H):
+                h[b, i] = np.tanh(pre[b, i] + e[i] + bias[i])
+        y[:, t, :] = np.dot(h, w_out_t) + b_out
+    return y
+
+
+@njit(fastmath=False, cache=False, parallel=True)
+def numba_rnn_batch(x, emb, w_hh_t, bias, w_out_t, b_out):
+    """B > 1: batch rows in parallel, each a whole sequence. tanh (scalar libm calls: no
+    fastmath) costs as much as the matrix product and np.dot leaves it serial; np.dot under
+    prange also had OpenBLAS's threads and numba's fighting over the 2 cores (10-100x slower)."""
+    B, T = x.shape
+    H, O = w_hh_t.shape[0], w_out_t.shape[1]
+    y = np.empty((B, T, O), np.float32)
+    for b in prange(B):
+        h = np.zeros(H, np.float32)
+        acc = np.empty(H, np.float32)
+        for t in range(T):
+            e = emb[x[b, t]]
+            for i in range(H):
+                acc[i] = e[i] + bias[i]
+            for j in range(H):  # axpy order: vectorizes without fastmath
+                hj = h[j]
+                for i in range(H):
+                    acc[i] += w_hh_t[j, i] * hj
+            for i in range(H):
+                h[i] = np.tanh(acc[i])
+            for o in range(O):
+                s = b_out[o]
+                for j in range(H):
+                    s += h[j] * w_out_t[j, o]
+                y[b, t, o] = s
+    return y
+
+
 class Problem:
-    """A tanh Elman RNN over binary tokens with a 2-unit readout, in three equivalent forms."""
+    """A tanh Elman RNN over binary tokens with a 2-unit readout, in four equivalent forms."""
 
     def __init__(self, B: int, H: int, T: int, device: str, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -98,6 +153,13 @@ class Problem:
             self.torch_rnn.bias_hh_l0.zero_()
             self.readout.weight.copy_(self.w_out)
             self.readout.bias.copy_(self.b_out)
+        if device == "cpu" and numba is not None:
+            contiguous = lambda t: np.ascontiguousarray(t.numpy())  # noqa: E731
+            self.numba_args = (self.x.numpy(), contiguous(self.w_ih.t()),
+                               contiguous(self.w_hh.t()), self.bias.numpy(),
+                               contiguous(self.w_out.t()), self.b_out.numpy())
+        else:
+            self.numba_args = None
 
     def grokfast(self, T: int) -> torch.Tensor:
         return grokfast.ops.rnn(self.x[:, :T], self.w_ih, self.w_hh, self.bias, None, self.w_out,
@@ -116,12 +178,19 @@ class Problem:
             ys.append(h @ w_out_t + self.b_out)
         return torch.stack(ys, 1)
 
+    def numba(self, T: int) -> np.ndarray:
+        x, *weights = self.numba_args
+        return (numba_rnn_one if self.B == 1 else numba_rnn_batch)(x[:, :T], *weights)
+
 
 def check(problem: Problem, T: int = 64) -> None:
     with torch.no_grad():
         ours = problem.grokfast(T)
         torch.testing.assert_close(ours, problem.nn_rnn(T), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours, problem.loop(T), atol=1e-4, rtol=1e-4)
+        if problem.numba_args is not None:  # also compiles it, outside the timings
+            torch.testing.assert_close(ours, torch.from_numpy(problem.numba(T)), atol=1e-4,
+                                       rtol=1e-4)
 
 
 def forward_row(B: int, H: int, T: int, device: str, quick: bool) -> dict:
@@ -130,14 +199,18 @@ def forward_row(B: int, H: int, T: int, device: str, quick: bool) -> dict:
     work = B * H  # baselines keep [B, T, H] outputs: cap them near 1 GB, and the loop's time
     t_rnn = min(T, max(200, int(2.5e8 // work)))
     t_loop = min(T, 500 if quick else 2000)
+    t_numba = min(t_loop, max(500, int(5e9 // (B * H * H))))  # its large-B steps take ms
     repeats = 3 if B * H * H * T > 2e10 else 5
     with torch.no_grad():
         ours = median_seconds(lambda: p.grokfast(T), device, repeats)
         rnn = median_seconds(lambda: p.nn_rnn(t_rnn), device, repeats)
         loop = median_seconds(lambda: p.loop(t_loop), device, 3)
+    nb = (median_seconds(lambda: p.numba(t_numba), "cpu", 3)
+          if p.numba_args is not None else None)
     us = lambda seconds, steps: seconds / steps * 1e6
     return dict(B=B, H=H, T=T, ours_us=us(ours, T), rnn_us=us(rnn, t_rnn), t_rnn=t_rnn,
                 loop_us=us(loop, t_loop), t_loop=t_loop,
+                numba_us=us(nb, t_numba) if nb is not None else None, t_numba=t_numba,
                 gflops=2 * B * H * H * T / ours / 1e9)
 
 
@@ -198,7 +271,9 @@ def main() -> None:
     parser.add_argument("--training", action="store_true",
                         help="time the training step only (after the forward rows' large "
                              "allocations it reads slower)")
+    _machine.add_isa_argument(parser)
     args = parser.parse_args()
+    _machine.select_isa(args)
     device = args.device
     if device == "cuda" and not grokfast.backends()["cuda"]:
         raise SystemExit("--device cuda: grokfast has no usable CUDA backend here "
@@ -206,10 +281,7 @@ def main() -> None:
     T = 1000 if args.quick else 10_000
     torch.manual_seed(0)
 
-    lines = []
-    machine = (torch.cuda.get_device_name() if device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    lines.append(f"Machine: {machine}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    lines = [_machine.machine_line(device)]
     rates = sgemm_rates(device)
     best = max(rates.values())
     lines.append("SGEMM 2048^3: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items()))
@@ -222,8 +294,9 @@ def main() -> None:
     lines.append(f"Forward, tanh, token input, readout at every step, T = {T:,}:")
     lines.append("")
     lines.append("| B | H | grokfast µs/step | GFLOP/s (% SGEMM) | nn.RNN µs/step (T run) | "
-                 "x nn.RNN | torch loop µs/step (T run) | x loop |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+                 "x nn.RNN | torch loop µs/step (T run) | x loop | numba µs/step (T run) | "
+                 "x numba |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines), flush=True)
     rows = []
     for B in (1, 256, 1024):
@@ -232,7 +305,10 @@ def main() -> None:
             rows.append(r)
             line = (f"| {B} | {H} | {r['ours_us']:.3f} | {r['gflops']:.1f} ({100 * r['gflops'] / best:.0f}%) | "
                     f"{r['rnn_us']:.3f} ({r['t_rnn']:,}) | {r['rnn_us'] / r['ours_us']:.1f} | "
-                    f"{r['loop_us']:.3f} ({r['t_loop']:,}) | {r['loop_us'] / r['ours_us']:.1f} |")
+                    f"{r['loop_us']:.3f} ({r['t_loop']:,}) | {r['loop_us'] / r['ours_us']:.1f} | "
+                    + (f"{r['numba_us']:.3f} ({r['t_numba']:,}) | "
+                       f"{r['numba_us'] / r['ours_us']:.1f} |" if r["numba_us"] is not None
+                       else "- | - |"))
             lines.append(line)
             print(line, flush=True)
     tr = training_row(device)

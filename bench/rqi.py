@@ -4,6 +4,7 @@ one pass) against what a user would write instead, in the same process.
     python bench/rqi.py            # p = 1000 modular addition (all ordered samples), d = 128
     python bench/rqi.py --quick    # p = 300
     python bench/rqi.py --device cuda   # grokfast's CUDA kernel and cdist on the GPU
+    python bench/rqi.py --isa avx2      # grokfast's AVX2 kernels, torch capped alike
 
 Baselines: "torch cdist": per result class, torch.cdist of the combined representations
 E_a + E_b (direct differences: cdist's default matrix-product mode loses every small distance
@@ -16,8 +17,9 @@ run (torch.mm, 4096^2 float32, all threads).
 
 from __future__ import annotations
 
+import _machine  # first: caps the peers' instruction sets (--isa) before torch loads
+
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -87,7 +89,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _machine.add_isa_argument(ap)
     args = ap.parse_args()
+    _machine.select_isa(args)
+    print(_machine.machine_line(args.device), flush=True)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # an SGEMM rate, not TF32
     p, d = (300, 128) if args.quick else (1000, 128)
@@ -109,10 +114,8 @@ def main() -> None:
                              max(1, args.repeats - 1))
     gemm = sgemm_rate(args.device)
     flops = p ** 3 * d
-    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    print(f"# RQI counts: modular addition p = {p}, d = {d}, {len(DELTAS)} δ in one pass "
-          f"({where}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(f"# RQI counts: modular addition p = {p}, d = {d}, {len(DELTAS)} δ in one pass, "
+          f"device {args.device}")
     print("| what | grokfast s | torch cdist s | ratio | grokfast GFLOP/s (p^3 d) | % of SGEMM |")
     print("|---|---|---|---|---|---|")
     print(f"| p={p} d={d} | {t_ours:.3f} | {t_cdist:.3f} | {t_cdist / t_ours:.1f}x | "
