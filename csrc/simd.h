@@ -72,15 +72,29 @@ template <class T, int Bytes = kBytes>
 inline vec_n<T, Bytes> splat(T s) {
   return s - vec_n<T, Bytes>{};
 }
-// Elementwise min and max in the form the compilers turn into one instruction (minps/maxps:
-// the second operand where the first is NaN).
-template <class V>
-inline V min(V a, V b) {
+// Elementwise min and max of floats: the second operand where the first is NaN (minps and
+// maxps; GCC does not turn the vector a < b ? a : b into them).
+inline vec<float> min(vec<float> a, vec<float> b) {
+#if GF_VECTOR_BYTES == 64
+  return vec<float>(_mm512_min_ps(__m512(a), __m512(b)));
+#elif defined(__AVX__) && GF_VECTOR_BYTES == 32
+  return vec<float>(_mm256_min_ps(__m256(a), __m256(b)));
+#elif defined(__SSE__) && GF_VECTOR_BYTES == 16
+  return vec<float>(_mm_min_ps(__m128(a), __m128(b)));
+#else
   return a < b ? a : b;
+#endif
 }
-template <class V>
-inline V max(V a, V b) {
+inline vec<float> max(vec<float> a, vec<float> b) {
+#if GF_VECTOR_BYTES == 64
+  return vec<float>(_mm512_max_ps(__m512(a), __m512(b)));
+#elif defined(__AVX__) && GF_VECTOR_BYTES == 32
+  return vec<float>(_mm256_max_ps(__m256(a), __m256(b)));
+#elif defined(__SSE__) && GF_VECTOR_BYTES == 16
+  return vec<float>(_mm_max_ps(__m128(a), __m128(b)));
+#else
   return a > b ? a : b;
+#endif
 }
 
 // Sum of the lanes, halving the width: the compilers emit extract + add per level.
