@@ -17,7 +17,8 @@ by first appearance) before anything is timed. scikit-learn materialises every p
 neighbourhood (~N^2 / 32 indices: 2.5 GB at N = 100,000), so it is skipped at N = 1,000,000
 (~250 GB); the table says so. The numba peer (union-find, parallel over rows) visits all
 N^2 / 2 pairs: beyond N = 50,000 it runs on the first 50,000 points (a random sample: the
-points are shuffled) and its time is scaled by the number of pairs; the table says so.
+points are shuffled) and its time is scaled by the number of pairs (a floor: its time per pair
+grows with N as the points outgrow the caches); the table says so.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ except ImportError:  # in the bench extra; without it the numba columns read "-"
 
 STATES, D, SPREAD, TRANSIENT, EPS = 32, 100, 0.01, 0.01, 0.5
 SKLEARN_MAX_N = 200_000  # neighbourhood lists beyond this do not fit in memory here
-NUMBA_MAX_N = 50_000  # 1.25e9 pairs, 8-15 s on 2 cores; larger N: a prefix, time scaled
+NUMBA_MAX_N = 50_000  # 1.25e9 pairs, ~13 s on 2 cores (100,000: ~60 s); beyond: scaled
 
 
 def hidden_states(n: int, seed: int = 0) -> np.ndarray:
