@@ -4,8 +4,10 @@
 // names the variant. Everything a kernel file defines lives in namespace GF_CPU_VARIANT (and
 // these helpers in an inline namespace of that name), so the variants' symbols never merge.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -97,17 +99,49 @@ inline vec<float> max(vec<float> a, vec<float> b) {
 #endif
 }
 
-// Sum of the lanes, halving the width: the compilers emit extract + add per level.
+// Lanes [Off, Off + n / 2) of an n-lane vector, and a vector zero-extended to twice its width:
+// register moves (a memcpy through memory stalls store forwarding at 64 bytes).
+template <std::size_t Off, class T, int Bytes, std::size_t... I>
+inline vec_n<T, Bytes / 2> half_lanes(vec_n<T, Bytes> v, std::index_sequence<I...>) {
+#if __has_builtin(__builtin_shufflevector)
+  return __builtin_shufflevector(v, v, (Off + I)...);
+#else
+  vec_n<T, Bytes / 2> h;
+  std::memcpy(&h, reinterpret_cast<const char*>(&v) + Off * sizeof(T), sizeof h);
+  return h;
+#endif
+}
+template <class T, int Bytes>
+inline vec_n<T, Bytes / 2> low_half(vec_n<T, Bytes> v) {
+  return half_lanes<0, T, Bytes>(v, std::make_index_sequence<Bytes / sizeof(T) / 2>{});
+}
+template <class T, int Bytes>
+inline vec_n<T, Bytes / 2> high_half(vec_n<T, Bytes> v) {
+  constexpr std::size_t n = Bytes / sizeof(T) / 2;
+  return half_lanes<n, T, Bytes>(v, std::make_index_sequence<n>{});
+}
+template <class T, int Bytes, std::size_t... I>
+inline vec_n<T, Bytes * 2> widen_lanes(vec_n<T, Bytes> h, std::index_sequence<I...>) {
+#if __has_builtin(__builtin_shufflevector)
+  return __builtin_shufflevector(h, vec_n<T, Bytes>{}, I...);
+#else
+  vec_n<T, Bytes * 2> v{};
+  std::memcpy(&v, &h, sizeof h);
+  return v;
+#endif
+}
+template <class T, int Bytes>  // upper half zero
+inline vec_n<T, Bytes * 2> widen(vec_n<T, Bytes> h) {
+  return widen_lanes<T, Bytes>(h, std::make_index_sequence<2 * Bytes / sizeof(T)>{});
+}
+
+// Sum of the lanes, halving the width.
 template <class T, int Bytes = kBytes>
 inline T horizontal_sum(vec_n<T, Bytes> v) {
-  if constexpr (Bytes == int(sizeof(T))) {
+  if constexpr (Bytes == int(sizeof(T)))
     return v[0];
-  } else {
-    vec_n<T, Bytes / 2> lo, hi;
-    std::memcpy(&lo, &v, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-    return horizontal_sum<T, Bytes / 2>(lo + hi);
-  }
+  else
+    return horizontal_sum<T, Bytes / 2>(low_half<T, Bytes>(v) + high_half<T, Bytes>(v));
 }
 
 // Bit l set where lane l is nonzero (comparison masks, 0/1 flags).

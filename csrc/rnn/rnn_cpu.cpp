@@ -40,15 +40,11 @@ using hvec = simd::vec_n<T, simd::kBytes / 2>;
 
 template <class T>
 inline hvec<T> low_half(vec<T> v) {
-  hvec<T> h;
-  std::memcpy(&h, &v, sizeof h);
-  return h;
+  return simd::low_half<T, simd::kBytes>(v);
 }
 template <class T>
 inline vec<T> widen(hvec<T> h) {  // upper half zero
-  vec<T> v{};
-  std::memcpy(&v, &h, sizeof h);
-  return v;
+  return simd::widen<T, simd::kBytes / 2>(h);
 }
 // dst[0:n] = src[0:n] with vector moves and a short tail: the rows are a few hundred bytes,
 // where a libc memcpy call costs as much as the copy.
