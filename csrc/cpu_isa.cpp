@@ -64,7 +64,7 @@ struct Kernels {
 bool always() { return true; }
 #if defined(__x86_64__) || defined(__i386__)
 // x86-64-v4 and -v3, the levels the variants are compiled for (CPUID and the OS's saved state).
-bool has_avx512() {
+[[maybe_unused]] bool has_avx512() {
   __builtin_cpu_init();
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
   return __builtin_cpu_supports("x86-64-v4");
@@ -75,7 +75,7 @@ bool has_avx512() {
          __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
 #endif
 }
-bool has_avx2() {
+[[maybe_unused]] bool has_avx2() {
   __builtin_cpu_init();
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
   return __builtin_cpu_supports("x86-64-v3");
@@ -103,6 +103,10 @@ const std::vector<Kernels>& variants() {
 #ifdef GF_CPU_HAVE_NEON
       GF_VARIANT_ENTRY(neon, always),
 #endif
+#elif defined(__x86_64__) && GF_VECTOR_BYTES == 64
+      GF_VARIANT_ENTRY(GF_CPU_VARIANT, has_avx512),
+#elif defined(__x86_64__) && GF_VECTOR_BYTES == 32
+      GF_VARIANT_ENTRY(GF_CPU_VARIANT, has_avx2),
 #else
       GF_VARIANT_ENTRY(GF_CPU_VARIANT, always),
 #endif

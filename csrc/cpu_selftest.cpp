@@ -392,7 +392,7 @@ void forward_case(Check& check, const RnnCase& c, uint64_t seed) {
   check_forward(check, c, d, out);
 }
 
-// Shapes the brief asks for (H not a multiple of any vector width, B across tile sizes), each
+// Odd shapes (H not a multiple of any vector width, B across tile sizes), each
 // with flags drawn from the case's index, so every flag meets many shapes.
 std::vector<RnnCase> rnn_table(uint64_t seed) {
   std::vector<RnnCase> cases;
@@ -1110,6 +1110,13 @@ std::vector<ComponentsCase> components_cases() {
     add("100-D clusters, eps on a pair's distance", rows, 300, 100, std::nextafter(tie, 0.0));
   }
   add("3-D clusters, eps inf", clusters(rng, 50, 3, 3, 0.1), 50, 3, kInf);
+  // Uniform points: many partly overlapping leader groups, so the group tiles take their
+  // member-checking path (under ASan this caught lane masks with garbage upper bits).
+  for (int64_t d : {1, 3}) {
+    std::vector<float> rows(1000 * d);
+    for (float& e : rows) e = float(rng.uniform());
+    add("uniform points", rows, 1000, d, d == 1 ? 0.002 : 0.12);
+  }
   // Beyond one leader-pass chunk (2048 points): chunks merge across threads.
   add("2-D lattice step 1, several chunks", lattice(rng, 5000, 2, 1.0, 0.0, 150), 5000, 2, 1.0);
   return cases;

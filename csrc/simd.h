@@ -147,7 +147,13 @@ inline T horizontal_sum(vec_n<T, Bytes> v) {
 // Bit l set where lane l is nonzero (comparison masks, 0/1 flags).
 inline uint32_t mask_bits(vec<int32_t> m) {
 #if defined(__AVX512F__) && GF_VECTOR_BYTES == 64
-  return _mm512_cmpneq_epi32_mask(reinterpret_cast<__m512i>(m), _mm512_setzero_si512());
+  // Not through a mask register: GCC 12 spills a __mmask16 with a 16-bit store and reloads it
+  // as 32 bits (garbage upper bits: out-of-range lanes in pairs_cpu, seen under ASan and in
+  // 1 of 2 runs of the tests). (-m | m) is negative exactly where m is nonzero; its
+  // saturating narrowing to bytes keeps the sign for movemask.
+  const __m512i v = reinterpret_cast<__m512i>(m);
+  const __m512i sign = _mm512_or_si512(_mm512_sub_epi32(_mm512_setzero_si512(), v), v);
+  return uint32_t(_mm_movemask_epi8(_mm512_cvtsepi32_epi8(sign)));
 #else
   const vec<int32_t> set = m != 0;  // all ones or zero per lane
 #if defined(__AVX2__) && GF_VECTOR_BYTES == 32

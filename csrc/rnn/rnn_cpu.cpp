@@ -199,14 +199,20 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, 
                const T* const* init, T* out, int64_t out_ld, Epilogue e) {
   constexpr int N = kLanes<T>;
   // MR * NB accumulators, NB weight vectors and a broadcast fit the registers: 6 rows x 4
-  // vectors on 32 registers, 6 x 2 on 16.
-  constexpr int NB = std::min(8, (simd::kRegisters - 1) / (MR + 1));
+  // vectors on 32 registers, 6 x 2 on 16. A single row uses each weight vector once per k, so
+  // its FMAs read them from memory and only accumulators take registers: on 16 registers one
+  // block covers H = 64 (7 + 1 vectors made the last block wait on FMA latency alone).
+  constexpr int NB = MR == 1 ? std::min(16, simd::kRegisters - 2)
+                             : std::min(8, (simd::kRegisters - 1) / (MR + 1));
   const int64_t nvec = hp / N;
   const bool half = kHalves<T> && width <= hp - N / 2;
-  for (int64_t c = 0; c < nvec; c += NB) {
+  // Blocks of even width: a narrow last block is bound by FMA latency, not throughput.
+  const int64_t blocks = (nvec + NB - 1) / NB;
+  for (int64_t i = 0, c = 0; i < blocks; ++i) {
     const int64_t col = c * N;
-    const int64_t nb = std::min<int64_t>(NB, nvec - c);
-    const bool last_half = half && c + nb == nvec;
+    const int64_t nb = (i + 1) * nvec / blocks - c;
+    c += nb;
+    const bool last_half = half && c == nvec;
     switch (nb) {
 #define GF_CASE(nv)                                                                          \
   case nv:                                                                                   \
@@ -219,6 +225,7 @@ void gemm_rows(int64_t K, const T* src, int64_t src_ld, const T* w, int64_t hp, 
     }                                                                                        \
     break;
       GF_CASE(1) GF_CASE(2) GF_CASE(3) GF_CASE(4) GF_CASE(5) GF_CASE(6) GF_CASE(7) GF_CASE(8)
+      GF_CASE(9) GF_CASE(10) GF_CASE(11) GF_CASE(12) GF_CASE(13) GF_CASE(14) GF_CASE(15) GF_CASE(16)
 #undef GF_CASE
     }
   }
