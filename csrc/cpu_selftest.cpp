@@ -380,16 +380,24 @@ void check_forward(Check& check, const RnnCase& c, const RnnData& d, ForwardOut<
   expect_guards(check, "h_last", out.h_last);
 }
 
+// Runs the forward of case c into out and checks it; returns its params for further calls.
+template <class T>
+gf::rnn::ForwardParams run_forward(Check& check, const RnnCase& c, const RnnData& d,
+                                   RnnInputs<T>& in, ForwardOut<T>& out) {
+  gf::rnn::ForwardParams p = in.forward_params(c);
+  out.attach(c, p);
+  gf::rnn::forward_cpu(p);
+  check_forward(check, c, d, out);
+  return p;
+}
+
 template <class T>
 void forward_case(Check& check, const RnnCase& c, uint64_t seed) {
   Rng rng(seed);
   const RnnData d = make_rnn_data<T>(c, rng);
   RnnInputs<T> in(c, d);
-  gf::rnn::ForwardParams p = in.forward_params(c);
   ForwardOut<T> out(c);
-  out.attach(c, p);
-  gf::rnn::forward_cpu(p);
-  check_forward(check, c, d, out);
+  run_forward(check, c, d, in, out);
 }
 
 // Odd shapes (H not a multiple of any vector width, B across tile sizes), each
@@ -449,11 +457,8 @@ void test_forward_prefixes(Group& g) {
             Rng rng(500 + k);
             const RnnData d = make_rnn_data<T>(c, rng);
             RnnInputs<T> in(c, d);
-            gf::rnn::ForwardParams p = in.forward_params(c);
             ForwardOut<T> out(c);
-            out.attach(c, p);
-            gf::rnn::forward_cpu(p);
-            check_forward(check, c, d, out);
+            gf::rnn::ForwardParams p = run_forward(check, c, d, in, out);
 
             std::vector<T> zeros(c.M * c.B * c.H, T(0));
             p.h0 = ptr_of(zeros.data());
